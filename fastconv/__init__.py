@@ -1,0 +1,22 @@
+"""fastconv: Keras-exact convolutions and pooling on NumPy arrays, with fast CPU backends.
+
+>>> import numpy as np, fastconv
+>>> fastconv.conv2d(np.ones((1, 5, 5, 3)), np.ones((3, 3, 3, 8)), padding="same").shape
+(1, 5, 5, 8)
+"""
+
+from . import activations, errors
+from ._threads import get_num_threads, set_num_threads
+from .backends import available_backends
+from .errors import (BackendError, BackendUnavailableError, FastconvError, InvalidArgumentError,
+                     InvalidDTypeError, InvalidShapeError, NotSupportedError)
+from .ops import *  # noqa: F401,F403
+from .ops import __all__ as _ops_all
+
+__version__ = "0.1.0"
+
+__all__ = list(_ops_all) + [
+    "activations", "errors", "available_backends", "get_num_threads", "set_num_threads",
+    "FastconvError", "InvalidArgumentError", "InvalidShapeError", "InvalidDTypeError",
+    "BackendError", "BackendUnavailableError", "NotSupportedError", "__version__",
+]

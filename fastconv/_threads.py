@@ -1,0 +1,44 @@
+"""Thread count shared by every compiled backend."""
+
+import os
+
+from .errors import InvalidArgumentError
+
+_num_threads = None
+
+
+def get_num_threads():
+    """Threads the compiled kernels use: the last :func:`set_num_threads`, else
+    ``NUMBA_NUM_THREADS`` or ``OMP_NUM_THREADS`` from the environment, else the CPU count.
+
+    >>> get_num_threads() >= 1
+    True
+    """
+    if _num_threads is not None:
+        return _num_threads
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def set_num_threads(n):
+    """Set how many threads fastconv's compiled kernels use (``None`` restores the default).
+
+    Parameters
+    ----------
+    n : int or None
+        A positive thread count.
+
+    Examples
+    --------
+    >>> import fastconv
+    >>> fastconv.set_num_threads(1); fastconv.get_num_threads()
+    1
+    >>> fastconv.set_num_threads(None)
+    """
+    global _num_threads
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise InvalidArgumentError(f"set_num_threads: argument `n` must be a positive integer or None; got {n!r}")
+    _num_threads = n

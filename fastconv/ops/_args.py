@@ -1,0 +1,171 @@
+"""Argument validation and Keras shape/padding math, in one place.
+
+Every public op calls these helpers to turn what the user passed into
+explicit per-axis integers before anything is dispatched to a backend.
+The shape formulas are Keras 3's (``keras/src/ops/operation_utils.py`` and
+``keras/src/backend/common/backend_utils.py``):
+
+* "valid": ``out = (n - k_eff) // s + 1`` with ``k_eff = (k - 1) * d + 1``;
+* "same": ``out = ceil(n / s)``; the total padding
+  ``max((out - 1) * s + k_eff - n, 0)`` is split with the smaller half
+  before and the larger half after;
+* "causal" (1-D convolutions): ``k_eff - 1`` zeros before, then "valid";
+* transposed convolutions: the output length of
+  ``compute_conv_transpose_output_shape`` and TensorFlow's padding
+  (``pad_before = max((n - 1) * s + k_eff - out, 0) // 2`` for "same").
+"""
+
+import numbers
+import operator
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, InvalidDTypeError, InvalidShapeError
+
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def int_tuple(value, n, name, op, *, minimum=1, allow_none=False):
+    """``value`` (an int or a sequence of ``n`` ints) as a tuple of ``n`` ints >= ``minimum``."""
+    if value is None and allow_none:
+        return None
+    what = "positive" if minimum == 1 else "non-negative"
+    expected = (f"a {what} integer or a tuple of {n} {what} integers")
+    try:
+        if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
+            values = (operator.index(value),) * n
+        else:
+            values = tuple(value)
+            if len(values) != n or any(
+                    isinstance(v, bool) or not isinstance(v, (numbers.Integral, np.integer))
+                    for v in values):
+                raise TypeError
+            values = tuple(operator.index(v) for v in values)
+    except TypeError:
+        raise InvalidArgumentError(f"{op}: argument `{name}` must be {expected}; got {value!r}") from None
+    if any(v < minimum for v in values):
+        raise InvalidArgumentError(f"{op}: argument `{name}` must be {expected}; got {value!r}")
+    return values
+
+
+def padding_mode(padding, op, allowed=("valid", "same")):
+    """Lower-cased padding name, checked against ``allowed``."""
+    if not isinstance(padding, str) or padding.lower() not in allowed:
+        raise InvalidArgumentError(
+            f"{op}: argument `padding` must be one of {', '.join(map(repr, allowed))}; got {padding!r}")
+    return padding.lower()
+
+
+def data_format(value, op):
+    """``"channels_last"`` or ``"channels_first"`` (``None`` means channels_last)."""
+    if value is None:
+        return "channels_last"
+    if not isinstance(value, str) or value.lower() not in DATA_FORMATS:
+        raise InvalidArgumentError(
+            f"{op}: argument `data_format` must be 'channels_last' or 'channels_first'; got {value!r}")
+    return value.lower()
+
+
+def as_array(x, name, op):
+    """``x`` as a NumPy array of a real numeric dtype (not copied if it already is one)."""
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise InvalidDTypeError(f"{op}: argument `{name}` cannot be read as a numeric array ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise InvalidDTypeError(
+            f"{op}: argument `{name}` must be a real numeric array (float32, float64, integer or bool); "
+            f"got dtype {arr.dtype}")
+    return arr
+
+
+def compute_dtype(*arrays):
+    """float64 if any array is float64, else float32 (Keras turns integers and bools into float32)."""
+    return np.dtype(np.float64) if any(a is not None and a.dtype == np.float64 for a in arrays) \
+        else np.dtype(np.float32)
+
+
+def check_rank(arr, rank, name, op, layout):
+    if arr.ndim != rank:
+        raise InvalidShapeError(
+            f"{op}: argument `{name}` must be a {rank}-D array {layout}; got shape {arr.shape}")
+
+
+def spatial_layout(nsp, fmt):
+    axes = ("steps",) if nsp == 1 else ("height", "width") if nsp == 2 else ("depth", "height", "width")
+    inner = ", ".join(axes)
+    return f"(batch, {inner}, channels)" if fmt == "channels_last" else f"(batch, channels, {inner})"
+
+
+def split_input(x, nsp, fmt, op, name="x"):
+    """Check ``x`` has rank ``nsp + 2``; return ``(x, spatial_shape, channels)``."""
+    check_rank(x, nsp + 2, name, op, spatial_layout(nsp, fmt))
+    if fmt == "channels_last":
+        return x.shape[1:-1], x.shape[-1]
+    return x.shape[2:], x.shape[1]
+
+
+def conv_geometry(spatial, kernel, strides, dilation, padding, op, what="kernel"):
+    """Output sizes and ``(before, after)`` zero padding per axis for a forward window op."""
+    out, pads = [], []
+    for axis, (n, k, s, d) in enumerate(zip(spatial, kernel, strides, dilation)):
+        keff = (k - 1) * d + 1
+        if n == 0:
+            raise InvalidShapeError(f"{op}: input has size 0 along spatial axis {axis}")
+        if padding == "valid":
+            if n < keff:
+                raise InvalidShapeError(
+                    f"{op}: the {what} (size {k}, dilated to {keff}) is larger than the input "
+                    f"(size {n}) along spatial axis {axis} with padding='valid'")
+            o = (n - keff) // s + 1
+            pads.append((0, 0))
+        elif padding == "same":
+            o = -(-n // s)
+            total = max((o - 1) * s + keff - n, 0)
+            pads.append((total // 2, total - total // 2))
+        elif padding == "causal":
+            o = (n - 1) // s + 1
+            pads.append((keff - 1, 0))
+        else:  # pragma: no cover - padding_mode() has checked
+            raise AssertionError(padding)
+        out.append(o)
+    return tuple(out), tuple(pads)
+
+
+def conv_transpose_geometry(spatial, kernel, strides, dilation, padding, output_padding, op):
+    """Output sizes and padding-before per axis for a transposed convolution (Keras/TF rules)."""
+    out, before = [], []
+    for axis, (n, k, s, d) in enumerate(zip(spatial, kernel, strides, dilation)):
+        if n == 0:
+            raise InvalidShapeError(f"{op}: input has size 0 along spatial axis {axis}")
+        keff = (k - 1) * d + 1
+        op_ = None if output_padding is None else output_padding[axis]
+        if padding == "valid":
+            o = (n - 1) * s + keff + (max(keff, s) - keff if op_ is None else op_)
+            before.append(0)
+        else:
+            o = n * s if op_ is None else (n - 1) * s + keff % 2 + op_
+            before.append(max((n - 1) * s + keff - o, 0) // 2)
+        if o <= 0:
+            raise InvalidShapeError(f"{op}: the output would be empty along spatial axis {axis}")
+        out.append(o)
+    return tuple(out), tuple(before)
+
+
+def pool_geometry(spatial, pool, strides, padding, op):
+    return conv_geometry(spatial, pool, strides, (1,) * len(pool), padding, op, what="pool window")
+
+
+def refuse_strided_dilation(strides, dilation, op):
+    """Keras's Conv and ConvTranspose layers refuse strides > 1 together with dilation > 1."""
+    if max(strides) > 1 and max(dilation) > 1:
+        raise InvalidArgumentError(
+            f"{op}: `strides > 1` is not supported together with `dilation_rate > 1` (as in Keras); "
+            f"got strides={strides} and dilation_rate={dilation}")
+
+
+def vector(arr, length, name, op, what):
+    """Check a 1-D parameter vector (bias) of the given length."""
+    if arr.ndim != 1 or arr.shape[0] != length:
+        raise InvalidShapeError(
+            f"{op}: argument `{name}` must have shape ({length},) ({what}); got shape {arr.shape}")

@@ -1,0 +1,42 @@
+"""Moving arrays between the user's layout and the backends' 3-D channels-last form."""
+
+import numpy as np
+
+from .. import activations, backends
+
+
+def to_3d(x, nsp, fmt, dtype):
+    """(N, *spatial, C) or (N, C, *spatial) -> contiguous (N, D, H, W, C) of ``dtype``."""
+    if fmt == "channels_first":
+        x = np.moveaxis(x, 1, -1)
+    x = x.reshape((x.shape[0],) + (1,) * (3 - nsp) + x.shape[1:])
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def from_3d(y, nsp, fmt):
+    """Inverse of :func:`to_3d` for a result (N, D, H, W, C)."""
+    y = y.reshape((y.shape[0],) + y.shape[4 - nsp:])
+    if fmt == "channels_first":
+        y = np.ascontiguousarray(np.moveaxis(y, -1, 1))
+    return y
+
+
+def kernel_3d(w, nsp, dtype):
+    """A kernel (*k, a, b) -> contiguous (1.., *k, a, b) with 3 spatial axes."""
+    return np.ascontiguousarray(w.reshape((1,) * (3 - nsp) + w.shape), dtype=dtype)
+
+
+def axes3(values, nsp, fill):
+    """Per-axis values for ``nsp`` spatial axes, led by unit entries up to 3 axes."""
+    return (fill,) * (3 - nsp) + tuple(values)
+
+
+def run_conv_like(op, backend, nsp, fmt, activation, *args):
+    """Dispatch a convolution-type kernel with its elementwise activation fused, then
+    apply an axis-dependent activation (softmax) in the user's layout, as Keras does."""
+    fused = activation if isinstance(activation, str) and activation in activations.ELEMENTWISE else None
+    y = backends.resolve(backend, op)(*args, fused)
+    y = from_3d(y, nsp, fmt)
+    if activation is not None and fused is None:
+        y = activations.apply(activation, y)
+    return y

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import backends
+
+#: The kernel-contract operations each public op needs from a backend.
+KERNELS = {
+    **{f"conv{n}d": {"conv"} for n in (1, 2, 3)},
+    **{f"conv{n}d_transpose": {"conv_transpose"} for n in (1, 2, 3)},
+    **{f"depthwise_conv{n}d": {"depthwise_conv"} for n in (1, 2)},
+    **{f"separable_conv{n}d": {"depthwise_conv", "conv"} for n in (1, 2)},
+    "spatially_separable_conv2d": {"conv", "depthwise_conv"},
+    **{f"{k}_pool{n}d": {f"{k}_pool"} for k in ("max", "avg") for n in (1, 2, 3)},
+    **{f"global_{k}_pool{n}d": {f"global_{k}_pool"} for k in ("max", "avg") for n in (1, 2, 3)},
+}
+
+
+def backends_for(op):
+    """Available backends implementing everything ``op`` needs (``auto`` always)."""
+    need = KERNELS[op]
+    return ["auto"] + [b for b in fastconv.available_backends() if need <= backends.backend_ops(b)]
+
+
+def assert_close(actual, expected, rtol=1e-4, atol=1e-5):
+    """Keras-fixture tolerance: ``rtol`` elementwise plus ``atol`` of the output's magnitude."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != expected {expected.shape}"
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * max(scale, 1e-30))
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
+def dtype(request):
+    return request.param
