@@ -1,0 +1,1 @@
+"""Compiled Cython kernels (OpenMP). Built from source by ``pip install``."""

@@ -1,0 +1,30 @@
+"""The Cython backend: compiled OpenMP kernels (``fastconv/backends/_cython/*.pyx``).
+
+It implements part of the kernel contract so far (see ``OPS``); ``backend="auto"``
+takes the rest from the next backend that has it.  Threads follow
+:func:`fastconv.set_num_threads`.
+"""
+
+import numpy as np
+
+from .._threads import get_num_threads
+from ._cython import pool as _pool
+
+NAME = "cython"
+OPS = frozenset({"max_pool", "avg_pool"})
+
+
+def _out(x, out_shape):
+    return np.empty((x.shape[0],) + tuple(out_shape) + (x.shape[-1],), dtype=x.dtype)
+
+
+def max_pool(x, pool, strides, pads, out_shape):
+    y = _out(x, out_shape)
+    _pool.max_pool(x, y, tuple(pool), tuple(strides), tuple(p[0] for p in pads), get_num_threads())
+    return y
+
+
+def avg_pool(x, pool, strides, pads, out_shape):
+    y = _out(x, out_shape)
+    _pool.avg_pool(x, y, tuple(pool), tuple(strides), tuple(p[0] for p in pads), get_num_threads())
+    return y
