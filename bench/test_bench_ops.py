@@ -1,27 +1,51 @@
-"""Benchmarks of the ops per backend (pytest-benchmark).
+"""Benchmarks of the canonical cases per backend, with PyTorch in the same run.
 
-Run with ``python -m pytest bench/ --benchmark-only --benchmark-enable``.
-Each kernel is checked against the reference backend once before it is timed.
+Run::
+
+    python -m pytest bench/ --benchmark-only --benchmark-enable --benchmark-json=bench/results.json
+    python bench/report.py bench/results.json
+
+Benchmarks are grouped by case, so fastconv's backends and the peers of one
+case sit side by side.  Each fastconv kernel is checked against the reference
+backend once before it is timed: a fast wrong kernel fails its benchmark.
 """
 
 import numpy as np
 import pytest
 
 import fastconv
+from cases import CASES, torch_call
 
-CASES = {
-    "max_pool2d 2x2 1x112x112x64": (fastconv.max_pool2d, (1, 112, 112, 64), dict(pool_size=2)),
-    "avg_pool2d 3x3/1 same 1x56x56x256": (fastconv.avg_pool2d, (1, 56, 56, 256),
-                                          dict(pool_size=3, strides=1, padding="same")),
-}
+_expected = {}
 
 
-@pytest.mark.parametrize("backend", fastconv.available_backends())
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_pool(benchmark, case, backend):
-    f, shape, kw = CASES[case]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    np.testing.assert_allclose(f(x, backend=backend, **kw), f(x, backend="reference", **kw),
-                               rtol=1e-5, atol=1e-6)
-    benchmark.group = case
-    benchmark(f, x, backend=backend, **kw)
+def _reference(case):
+    if case.name not in _expected:
+        _expected[case.name] = case.call("reference")
+    return _expected[case.name]
+
+
+@pytest.mark.parametrize("backend", [b for b in fastconv.available_backends()])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_fastconv(benchmark, case, backend):
+    kernels = {"conv2d": "conv", "conv1d": "conv", "conv3d": "conv", "depthwise_conv2d": "depthwise_conv",
+               "separable_conv2d": "conv", "conv2d_transpose": "conv_transpose",
+               "max_pool2d": "max_pool", "avg_pool2d": "avg_pool"}
+    if kernels[case.op] not in fastconv.backends.backend_ops(backend):
+        pytest.skip(f"backend {backend!r} has no {kernels[case.op]!r} kernel yet")
+    y = case.call(backend)
+    expected = _reference(case)
+    np.testing.assert_allclose(y, expected, rtol=1e-3, atol=1e-4 * float(np.abs(expected).max()))
+    benchmark.group = case.name
+    benchmark.extra_info.update(flops=case.flops, impl=f"fastconv-{backend}")
+    benchmark(case.call, backend)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_torch(benchmark, case):
+    fn = torch_call(case)
+    if fn is None:
+        pytest.skip("PyTorch is not installed (pip install torch==2.13.0)")
+    benchmark.group = case.name
+    benchmark.extra_info.update(flops=case.flops, impl="torch")
+    benchmark(fn)

@@ -17,8 +17,12 @@ def test_compiled_cython_backend_is_built():
     assert "cython" in fastconv.available_backends(), backends._failed.get("cython")
 
 
-def test_auto_prefers_compiled_kernel_where_one_exists():
-    from fastconv.backends import cython
+def test_auto_takes_each_op_from_the_first_backend_that_has_it(monkeypatch):
+    from fastconv.backends import cython, numba
+    assert backends.resolve("auto", "max_pool") is numba.max_pool
+    assert backends.resolve("auto", "conv") is numba.conv
+    monkeypatch.setitem(backends._failed, "numba", ImportError("no numba"))
+    monkeypatch.delitem(backends._loaded, "numba")
     assert backends.resolve("auto", "max_pool") is cython.max_pool
     assert backends.resolve("auto", "conv") is backends.reference.conv
 

@@ -12,8 +12,8 @@ from ..errors import BackendError, BackendUnavailableError, NotSupportedError
 
 #: Every backend fastconv knows, in the order ``backend="auto"`` prefers them.
 #: (``reference`` comes last: it is the oracle, the fallback of last resort.)
-KNOWN = ("cython", "reference")
-_MODULES = {"cython": ".cython", "reference": ".reference"}
+KNOWN = ("numba", "cython", "reference")
+_MODULES = {"numba": ".numba", "cython": ".cython", "reference": ".reference"}
 _loaded = {}
 _failed = {}
 

@@ -1,0 +1,129 @@
+"""The canonical benchmark cases (issue 3's list), as fastconv calls and PyTorch equivalents.
+
+Each case builds its inputs once (seeded), and knows:
+* ``call(backend)``: the fastconv call,
+* ``torch_call()``: PyTorch doing the same work on channels_last tensors (or
+  None when torch is not importable),
+* ``flops``: 2 x MACs of the convolution (pooling: one op per window element).
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import fastconv
+
+
+@dataclass
+class Case:
+    name: str
+    op: str
+    x_shape: tuple
+    weight_shapes: tuple
+    kwargs: dict
+    flops: float
+    torch_fn: object = None
+    arrays: list = field(default_factory=list)
+
+    def build(self):
+        if not self.arrays:
+            rng = np.random.default_rng(0)
+            self.arrays = [rng.standard_normal(self.x_shape).astype(np.float32)] + [
+                (rng.standard_normal(s) / math.sqrt(math.prod(s[:-1]))).astype(np.float32)
+                for s in self.weight_shapes]
+        return self.arrays
+
+    def call(self, backend):
+        return getattr(fastconv, self.op)(*self.build(), backend=backend, **self.kwargs)
+
+
+def _conv_flops(out_pixels, k, cin_per_group, f):
+    return 2.0 * out_pixels * math.prod(k) * cin_per_group * f
+
+
+CASES = [
+    Case("conv2d 3x3 same 1x56x56x64->64", "conv2d", (1, 56, 56, 64), ((3, 3, 64, 64), (64,)),
+         dict(padding="same"), _conv_flops(56 * 56, (3, 3), 64, 64)),
+    Case("conv2d 3x3/2 same 1x224x224x3->32", "conv2d", (1, 224, 224, 3), ((3, 3, 3, 32), (32,)),
+         dict(padding="same", strides=2), _conv_flops(112 * 112, (3, 3), 3, 32)),
+    Case("conv2d 1x1 1x56x56x256->64", "conv2d", (1, 56, 56, 256), ((1, 1, 256, 64), (64,)),
+         dict(), _conv_flops(56 * 56, (1, 1), 256, 64)),
+    Case("conv2d 3x3 same 8x28x28x128->128", "conv2d", (8, 28, 28, 128), ((3, 3, 128, 128), (128,)),
+         dict(padding="same"), _conv_flops(8 * 28 * 28, (3, 3), 128, 128)),
+    Case("conv2d 3x3 same 1x224x224x64->64", "conv2d", (1, 224, 224, 64), ((3, 3, 64, 64), (64,)),
+         dict(padding="same"), _conv_flops(224 * 224, (3, 3), 64, 64)),
+    Case("depthwise_conv2d 3x3 same 1x112x112x32", "depthwise_conv2d", (1, 112, 112, 32),
+         ((3, 3, 32, 1), (32,)), dict(padding="same"), _conv_flops(112 * 112, (3, 3), 1, 32)),
+    Case("conv2d 3x3 same groups=32 1x56x56x128->128", "conv2d", (1, 56, 56, 128),
+         ((3, 3, 4, 128), (128,)), dict(padding="same", groups=32), _conv_flops(56 * 56, (3, 3), 4, 128)),
+    Case("separable_conv2d 3x3 same 1x38x38x256->256", "separable_conv2d", (1, 38, 38, 256),
+         ((3, 3, 256, 1), (1, 1, 256, 256), (256,)), dict(padding="same"),
+         _conv_flops(38 * 38, (3, 3), 1, 256) + _conv_flops(38 * 38, (1, 1), 256, 256)),
+    Case("conv1d k5 dil2 same 8x1024x64->64", "conv1d", (8, 1024, 64), ((5, 64, 64), (64,)),
+         dict(padding="same", dilation_rate=2), _conv_flops(8 * 1024, (5,), 64, 64)),
+    Case("conv3d 3x3x3 valid 4x32x32x32x1->16", "conv3d", (4, 32, 32, 32, 1), ((3, 3, 3, 1, 16), (16,)),
+         dict(), _conv_flops(4 * 30 ** 3, (3, 3, 3), 1, 16)),
+    Case("conv2d_transpose 3x3/2 same 1x16x16x32->64", "conv2d_transpose", (1, 16, 16, 32),
+         ((3, 3, 64, 32), (64,)), dict(padding="same", strides=2), _conv_flops(16 * 16, (3, 3), 32, 64)),
+    Case("conv2d_transpose 4x4/2 same 1x56x56x128->64", "conv2d_transpose", (1, 56, 56, 128),
+         ((4, 4, 64, 128), (64,)), dict(padding="same", strides=2), _conv_flops(56 * 56, (4, 4), 128, 64)),
+    Case("max_pool2d 2x2 1x112x112x64", "max_pool2d", (1, 112, 112, 64), (), dict(pool_size=2),
+         56 * 56 * 64 * 4.0),
+    Case("avg_pool2d 3x3/1 same 1x56x56x256", "avg_pool2d", (1, 56, 56, 256), (),
+         dict(pool_size=3, strides=1, padding="same"), 56 * 56 * 256 * 9.0),
+]
+BY_NAME = {c.name: c for c in CASES}
+
+
+def torch_call(case):
+    """A zero-argument callable running PyTorch on the same work, or None without torch."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    torch.set_num_threads(2)
+    arrays = case.build()
+    x = arrays[0]
+    nsp = x.ndim - 2
+    fmt = {2: torch.channels_last, 3: torch.channels_last_3d}.get(nsp)
+    # NHWC numpy -> NCHW tensor with channels_last strides (no copy); 1-D stays NCL.
+    tx = torch.from_numpy(x).permute(0, x.ndim - 1, *range(1, x.ndim - 1))
+    tx = tx.contiguous(memory_format=fmt) if fmt else tx.contiguous()
+
+    def w_conv(w):  # Keras (*k, cin, f) -> torch (f, cin, *k)
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(w, (-1, -2), (0, 1))))
+
+    kw = case.kwargs
+    pad = (lambda k: tuple(((ki - 1) * kw.get("dilation_rate", 1)) // 2 for ki in k)) \
+        if kw.get("padding") == "same" else (lambda k: 0)
+    op = case.op
+    with torch.no_grad():
+        if op in ("conv1d", "conv2d", "conv3d"):
+            w, b = w_conv(arrays[1]), torch.from_numpy(arrays[2])
+            if fmt:
+                w = w.contiguous(memory_format=fmt)
+            f = getattr(F, op)
+            args = dict(stride=kw.get("strides", 1), padding=pad(arrays[1].shape[:nsp]),
+                        dilation=kw.get("dilation_rate", 1), groups=kw.get("groups", 1))
+            return lambda: f(tx, w, b, **args)
+        if op == "depthwise_conv2d":
+            w = torch.from_numpy(np.ascontiguousarray(arrays[1].reshape(3, 3, 1, -1).transpose(3, 2, 0, 1)))
+            b = torch.from_numpy(arrays[2])
+            return lambda: F.conv2d(tx, w, b, padding=1, groups=x.shape[-1])
+        if op == "separable_conv2d":
+            dw = torch.from_numpy(np.ascontiguousarray(arrays[1].reshape(3, 3, 1, -1).transpose(3, 2, 0, 1)))
+            pw = w_conv(arrays[2]).contiguous(memory_format=fmt)
+            b = torch.from_numpy(arrays[3])
+            return lambda: F.conv2d(F.conv2d(tx, dw, padding=1, groups=x.shape[-1]), pw, b)
+        if op == "conv2d_transpose":
+            w = torch.from_numpy(np.ascontiguousarray(arrays[1].transpose(3, 2, 0, 1)))  # (cin, f, kh, kw)
+            b = torch.from_numpy(arrays[2])
+            k = arrays[1].shape[0]
+            return lambda: F.conv_transpose2d(tx, w, b, stride=2, padding=1, output_padding=1 if k % 2 else 0)
+        if op == "max_pool2d":
+            return lambda: F.max_pool2d(tx, 2)
+        if op == "avg_pool2d":
+            return lambda: F.avg_pool2d(tx, 3, 1, padding=1, count_include_pad=False)
+    raise AssertionError(op)
