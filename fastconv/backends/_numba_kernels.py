@@ -167,6 +167,42 @@ def _pack_patches(x, cols, m0, out_shape, strides, dilation, before, ksize):
                     k += C
 
 
+def _pack_patches_t(x, cols_t, row0, out_shape, strides, dilation, before, ksize):
+    """im2col transposed, for inputs with few channels: ``cols_t[k, j]`` is patch element
+    ``k = ((kd * KH + kh) * KW + kw) * C + c`` of output pixel ``row0 * OW + j``, for whole
+    output rows.  The inner loop runs along an output row (long, unlike C)."""
+    k_all, n_cols = cols_t.shape
+    _, D, H, W, C = x.shape
+    OD, OH, OW = out_shape
+    KD, KH, KW = ksize
+    n_rows = n_cols // OW
+    for k in prange(k_all):
+        c = k % C
+        t = k // C
+        kw = t % KW
+        t //= KW
+        kh = t % KH
+        kd = t // KH
+        dst = cols_t[k]
+        for r in range(n_rows):
+            row = row0 + r
+            n = row // (OD * OH)
+            od = (row // OH) % OD
+            oh = row % OH
+            i_d = od * strides[0] - before[0] + kd * dilation[0]
+            i_h = oh * strides[1] - before[1] + kh * dilation[1]
+            base = r * OW
+            if i_d < 0 or i_d >= D or i_h < 0 or i_h >= H:
+                for ow in range(OW):
+                    dst[base + ow] = 0
+                continue
+            src = x[n, i_d, i_h]
+            off = kw * dilation[2] - before[2]
+            for ow in range(OW):
+                i_w = ow * strides[2] + off
+                dst[base + ow] = src[i_w, c] if 0 <= i_w < W else 0
+
+
 def _pack_pixels(x, cols, pixels, out_shape, strides, dilation, before, ksize):
     """Like :func:`pack_patches` for an explicit list of output pixel indices."""
     n_rows = pixels.shape[0]
@@ -449,5 +485,6 @@ epilogue_serial = njit(cache=True)(_epilogue)
 pack_patches = njit(parallel=True, cache=True)(_pack_patches)
 pack_patches_serial = njit(cache=True)(_pack_patches)
 pack_pixels_serial = njit(cache=True)(_pack_pixels)
+pack_patches_t_serial = njit(cache=True)(_pack_patches_t)
 col2im = njit(parallel=True, cache=True)(_col2im)
 col2im_serial = njit(cache=True)(_col2im)
