@@ -149,11 +149,12 @@ def _pack_patches(x, cols, m0, out_shape, strides, dilation, before, ksize):
             for kh in range(KH):
                 i_h = oh * strides[1] - before[1] + kh * dilation[1]
                 if row_inside and 0 <= i_d < D and 0 <= i_h < H:
-                    # the KW taps of this kernel row are KW * C contiguous inputs
-                    src = x[n, i_d, i_h].reshape(-1)
-                    for j in range(KW * C):
-                        dst[k + j] = src[w0 * C + j]
-                    k += KW * C
+                    # the KW taps of this kernel row, all inside the input row
+                    src = x[n, i_d, i_h]
+                    for kw in range(KW):
+                        for c in range(C):
+                            dst[k + c] = src[w0 + kw, c]
+                        k += C
                     continue
                 for kw in range(KW):
                     i_w = ow * strides[2] - before[2] + kw * dilation[2]

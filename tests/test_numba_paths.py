@@ -1,0 +1,97 @@
+"""The numba backend's algorithm paths, each forced and compared with the reference.
+
+The fixture and property tests use few channels; these cases reach the paths that
+only larger layers take (shifted GEMM, per-group GEMM, multi-tile im2col, the
+3x3 depthwise fast path), in float32 and float64.
+"""
+
+import numpy as np
+import pytest
+
+import fastconv
+from conftest import assert_close
+
+pytestmark = pytest.mark.skipif("numba" not in fastconv.available_backends(), reason="numba backend unavailable")
+
+
+@pytest.fixture
+def nb():
+    from fastconv.backends import numba
+    return numba
+
+
+def _rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def _check(f, *args, dtype=np.float32, **kw):
+    args = [a.astype(dtype) for a in args]
+    assert_close(f(*args, backend="numba", **kw), f(*args, backend="reference", **kw))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(padding="same"), dict(padding="valid"), dict(padding="same", dilation_rate=2),
+    dict(padding="same", activation="relu"), dict(padding="valid", dilation_rate=(1, 3)),
+])
+def test_shifted_gemm_2d(kw, dtype):
+    # 20 input channels: the shifted-GEMM path (stride 1, >= 16 channels), batch 2
+    _check(fastconv.conv2d, _rand(2, 9, 11, 20), _rand(3, 4, 20, 7), _rand(7), dtype=dtype, **kw)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", "causal"])
+def test_shifted_gemm_1d(padding, dtype):
+    _check(fastconv.conv1d, _rand(3, 40, 16), _rand(5, 16, 8), dtype=dtype, padding=padding, dilation_rate=2)
+
+
+def test_shifted_gemm_3d(dtype):
+    _check(fastconv.conv3d, _rand(2, 6, 7, 8, 16), _rand(3, 3, 2, 16, 5), dtype=dtype, padding="same")
+
+
+def test_small_image_uses_im2col_not_shift(dtype):
+    # 3x3 image: every pixel is on the border, so the im2col path runs
+    _check(fastconv.conv2d, _rand(1, 3, 3, 32), _rand(3, 3, 32, 4), dtype=dtype, padding="same")
+
+
+def test_pointwise_gemm(dtype):
+    _check(fastconv.conv2d, _rand(2, 5, 6, 24), _rand(1, 1, 24, 10), _rand(10), dtype=dtype,
+           activation="gelu")
+
+
+@pytest.mark.parametrize("tile_bytes", [64, 4096, 1 << 30])
+def test_im2col_tiles(nb, monkeypatch, tile_bytes, dtype):
+    monkeypatch.setattr(nb, "_TILE_BYTES", tile_bytes)
+    # strided (im2col, channels-last packing) and few-channel (transposed packing)
+    _check(fastconv.conv2d, _rand(2, 13, 11, 12), _rand(3, 3, 12, 6), _rand(6), dtype=dtype, strides=2,
+           padding="same", activation="silu")
+    _check(fastconv.conv2d, _rand(2, 13, 11, 3), _rand(3, 3, 3, 6), dtype=dtype, strides=2, padding="same")
+    _check(fastconv.conv3d, _rand(2, 5, 6, 7, 1), _rand(3, 3, 3, 1, 4), dtype=dtype)
+
+
+def test_grouped_gemm_and_direct(dtype):
+    _check(fastconv.conv2d, _rand(1, 7, 8, 32), _rand(3, 3, 16, 8), _rand(8), dtype=dtype, groups=2,
+           padding="same", activation="relu")
+    _check(fastconv.conv2d, _rand(1, 7, 8, 32), _rand(3, 3, 4, 16), dtype=dtype, groups=8, strides=2)
+
+
+@pytest.mark.parametrize("kw", [dict(padding="same"), dict(padding="valid", strides=2),
+                                dict(padding="same", dilation_rate=2), dict(padding="same", strides=2)])
+def test_depthwise_3x3_fast_path(kw, dtype):
+    _check(fastconv.depthwise_conv2d, _rand(2, 9, 10, 24), _rand(3, 3, 24, 1), _rand(24), dtype=dtype,
+           activation="relu6", **kw)
+
+
+def test_transpose_batches(dtype):
+    _check(fastconv.conv2d_transpose, _rand(3, 5, 4, 16), _rand(4, 4, 8, 16), _rand(8), dtype=dtype,
+           strides=2, padding="same", activation="tanh")
+
+
+def test_scratch_buffers_are_reused_safely(nb):
+    # two different convolutions in a row share the scratch buffer; results stay right
+    a = fastconv.conv2d(_rand(1, 9, 9, 3).astype(np.float32), _rand(3, 3, 3, 4).astype(np.float32),
+                        strides=2, backend="numba")
+    b = fastconv.conv2d(_rand(1, 9, 9, 12).astype(np.float32), _rand(3, 3, 12, 4).astype(np.float32),
+                        strides=2, backend="numba")
+    a2 = fastconv.conv2d(_rand(1, 9, 9, 3).astype(np.float32), _rand(3, 3, 3, 4).astype(np.float32),
+                         strides=2, backend="numba")
+    np.testing.assert_array_equal(a, a2)
+    assert b.shape == (1, 4, 4, 4)
