@@ -20,6 +20,8 @@ from .errors import (BackendError, BackendUnavailableError, FastconvError, Inval
                      InvalidDTypeError, InvalidShapeError, NotSupportedError)
 from .ops import *  # noqa: F401,F403
 from .ops import __all__ as _ops_all
+from . import models
+from .models import Model, load_model
 
 __version__ = "0.1.0"
 
@@ -27,4 +29,5 @@ __all__ = list(_ops_all) + [
     "activations", "errors", "available_backends", "get_num_threads", "set_num_threads",
     "FastconvError", "InvalidArgumentError", "InvalidShapeError", "InvalidDTypeError",
     "BackendError", "BackendUnavailableError", "NotSupportedError", "__version__",
+    "models", "load_model", "Model",
 ]
