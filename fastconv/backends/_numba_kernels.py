@@ -9,7 +9,9 @@ no two threads write the same output row.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
+
+from ._blas import gemm
 
 # Activation codes: the elementwise Keras activations the kernels fuse.
 ACT_CODES = {None: 0, "relu": 1, "relu6": 2, "leaky_relu": 3, "elu": 4, "selu": 5, "celu": 6,
@@ -489,3 +491,85 @@ pack_pixels_serial = njit(cache=True)(_pack_pixels)
 pack_patches_t_serial = njit(cache=True)(_pack_patches_t)
 col2im = njit(parallel=True, cache=True)(_col2im)
 col2im_serial = njit(cache=True)(_col2im)
+
+
+# ---------------------------------------------------------------- GEMM drivers
+# Every driver below splits its rows among Numba's threads and calls BLAS on one
+# thread per tile (see fastconv.backends._blas): one thread pool for the whole op,
+# nothing nested, and bias/activation run on each tile while it is in cache.
+
+@njit(parallel=True, cache=True)
+def gemm_rows(X, W, Y, chunk, bias, has_bias, code):
+    """``Y = X @ W`` (then bias, activation) by row chunks: 1x1 convolutions."""
+    m = X.shape[0]
+    for i in prange((m + chunk - 1) // chunk):
+        q0 = i * chunk
+        q1 = min(m, q0 + chunk)
+        out = Y[q0:q1]
+        gemm(X[q0:q1], W, out, 0.0)
+        if has_bias or code:
+            epilogue_serial(out, bias, has_bias, code)
+
+
+@njit(parallel=True, cache=True)
+def shifted_taps(X, wt, Y, offsets, lo, hi, chunk, bias, has_bias, code):
+    """``Y[q] = sum_t X[q + offsets[t]] @ wt[t]`` for ``q`` in ``[lo, hi)``, by row chunks."""
+    for i in prange((hi - lo + chunk - 1) // chunk):
+        q0 = lo + i * chunk
+        q1 = min(hi, q0 + chunk)
+        out = Y[q0:q1]
+        for t in range(offsets.shape[0]):
+            off = offsets[t]
+            gemm(X[q0 + off:q1 + off], wt[t], out, 0.0 if t == 0 else 1.0)
+        if has_bias or code:
+            epilogue_serial(out, bias, has_bias, code)
+
+
+@njit(parallel=True, cache=True)
+def pixels_conv(x, W, Y, pixels, out_shape, strides, dilation, before, ksize, chunk, bias, has_bias, code):
+    """Exact convolution of the listed output pixels (im2col of just those), written to ``Y``."""
+    n = pixels.shape[0]
+    k_all, f = W.shape
+    for i in prange((n + chunk - 1) // chunk):
+        p0 = i * chunk
+        p1 = min(n, p0 + chunk)
+        cols = np.empty((p1 - p0, k_all), x.dtype)
+        pack_pixels_serial(x, cols, pixels[p0:p1], out_shape, strides, dilation, before, ksize)
+        part = np.empty((p1 - p0, f), x.dtype)
+        gemm(cols, W, part, 0.0)
+        if has_bias or code:
+            epilogue_serial(part, bias, has_bias, code)
+        for r in range(p1 - p0):
+            Y[pixels[p0 + r]] = part[r]
+
+
+@njit(parallel=True, cache=True)
+def im2col_conv(x, W, Y, out_shape, strides, dilation, before, ksize, tile, scratch, bias, has_bias, code):
+    """Tiles of ``tile`` output pixels: pack their patches (L2-sized) and multiply."""
+    m = Y.shape[0]
+    for i in prange((m + tile - 1) // tile):
+        m0 = i * tile
+        mt = min(tile, m - m0)
+        buf = scratch[get_thread_id()][:mt]
+        pack_patches_serial(x, buf, m0, out_shape, strides, dilation, before, ksize)
+        out = Y[m0:m0 + mt]
+        gemm(buf, W, out, 0.0)
+        if has_bias or code:
+            epilogue_serial(out, bias, has_bias, code)
+
+
+@njit(parallel=True, cache=True)
+def im2col_t_conv(x, W, Y, out_shape, strides, dilation, before, ksize, rows, scratch, bias, has_bias, code):
+    """Few input channels: patches packed transposed (K, pixels) for ``rows`` output rows
+    per tile, so packing runs along image rows rather than along a handful of channels."""
+    ow = out_shape[2]
+    n_rows = Y.shape[0] // ow
+    for i in prange((n_rows + rows - 1) // rows):
+        r0 = i * rows
+        rt = min(rows, n_rows - r0)
+        buf = scratch[get_thread_id()][:, :rt * ow]
+        pack_patches_t_serial(x, buf, r0, out_shape, strides, dilation, before, ksize)
+        out = Y[r0 * ow:(r0 + rt) * ow]
+        gemm(buf.T, W, out, 0.0)
+        if has_bias or code:
+            epilogue_serial(out, bias, has_bias, code)

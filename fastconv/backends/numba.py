@@ -25,20 +25,15 @@ import threading
 
 import numba
 import numpy as np
-from scipy.linalg import blas
 
 from .._threads import get_num_threads
+from . import _blas
 from . import _numba_kernels as K
 
 NAME = "numba"
 OPS = frozenset({"conv", "depthwise_conv", "conv_transpose", "max_pool", "avg_pool",
                  "global_max_pool", "global_avg_pool"})
 
-# One im2col tile holds at most this many bytes: 2 MiB keeps the tile and the
-# output rows it feeds in the 32 MiB L3 while OpenBLAS packs its own L2 panels
-# from it, and gives each GEMM call enough rows (>= ~900 for K = 576) to keep
-# both cores busy.
-_TILE_BYTES = 2 << 20
 # Grouped convolutions with at least this many input channels per group run as
 # one GEMM per group; below it the direct kernel wins (measured: groups=32 with 4
 # channels each is 3x faster direct).
@@ -72,36 +67,31 @@ def _fused(b, activation, dtype, channels):
     return bias, has_bias, K.ACT_CODES[activation]
 
 
-def _gemm_conv(x, w2, y2, out_shape, strides, dilation, before, ksize, bias, has_bias, code):
-    """Tiled implicit-im2col GEMM: y2 (M, F) = patches(x) (M, K) @ w2 (K, F)."""
-    m_all, k_all = y2.shape[0], w2.shape[0]
-    if x.shape[-1] < _FEW_CHANNELS:
-        return _gemm_conv_t(x, w2, y2, out_shape, strides, dilation, before, ksize, bias, has_bias, code)
-    rows = max(1, min(m_all, _TILE_BYTES // (k_all * x.itemsize)))
-    cols = _scratch((rows, k_all), x.dtype)
-    for m0 in range(0, m_all, rows):
-        mt = min(rows, m_all - m0)
-        K.pack_patches_serial(x, cols[:mt], m0, out_shape, strides, dilation, before, ksize)
-        out = y2[m0:m0 + mt]
-        _gemm(cols[:mt], w2, out, 0.0)
-        if has_bias or code:
-            K.epilogue_serial(out, bias, has_bias, code)
-
-
-def _gemm(a, w, c, beta):
-    """``c = beta * c + a @ w`` in place, all C-ordered 2-D; via BLAS on the transposes
-    (a C-ordered matrix is the Fortran-ordered transpose), so nothing is copied."""
-    gemm = blas.sgemm if a.dtype == np.float32 else blas.dgemm
-    r = gemm(1.0, w.T, a.T, beta=beta, c=c.T, overwrite_c=1)
-    if r.ctypes.data != c.ctypes.data:  # pragma: no cover - a copy would lose the result
-        raise AssertionError("BLAS did not write in place")
-
-
+# Row budgets, in bytes, for the pieces of work one thread does at a time: a tile of
+# packed patches (im2col) stays in the 512 KiB L2 next to the weights, and a chunk of
+# output rows stays there while every kernel tap's GEMM accumulates into it.
+_TILE_BYTES = 256 << 10
+_CHUNK_BYTES = 256 << 10
 # Shifted GEMM pays when the frame of pixels whose windows cross the border is
 # small; above this share of border pixels the tiled im2col path is used.
 _MAX_BORDER_SHARE = 0.25
-# Below this many input channels a tap's GEMM is too thin (K = C); im2col then.
+# Below this many input channels a tap's GEMM is too thin (K = C): im2col then.
 _SHIFT_MIN_CHANNELS = 16
+# Below this many input channels, patches are packed transposed (im2col_t_conv).
+_FEW_CHANNELS = 8
+
+
+def _chunk(total, max_rows):
+    """Rows per chunk: at most ``max_rows``, and enough chunks to keep every thread busy."""
+    threads = numba.get_num_threads()
+    n = max(threads, -(-total // max(1, max_rows)))
+    n = -(-n // threads) * threads
+    return max(1, -(-total // n))
+
+
+def _scratch_tiles(shape, dtype):
+    """One scratch tile per Numba thread (indexed by numba.get_thread_id())."""
+    return _scratch((numba.config.NUMBA_NUM_THREADS,) + tuple(shape), dtype)
 
 
 def _border_pixels(out_shape, in_shape, ksize, dilation, before, n):
@@ -116,68 +106,70 @@ def _border_pixels(out_shape, in_shape, ksize, dilation, before, n):
     return (idx[None, :] + per_image * np.arange(n)[:, None]).ravel()
 
 
-def _shifted_conv(x, w, y, out_shape, dilation, before, border):
+def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, code):
+    """A groups=1 convolution of ``x`` (N, D, H, W, C; may be a channel slice) into the
+    (pixels, F) matrix ``y2`` (may be a column slice); picks the GEMM formulation."""
+    n, D, H, W, c = x.shape
+    kd, kh, kw, _, f = w.shape
+    ksize = (kd, kh, kw)
+    w2 = np.ascontiguousarray(w.reshape(-1, f))
+    item = x.itemsize
+    if ksize == (1, 1, 1) and strides == (1, 1, 1) and not any(before) and tuple(out_shape) == (D, H, W):
+        X = x.reshape(n * D * H * W, c)
+        K.gemm_rows(X, w2, y2, _chunk(X.shape[0], _CHUNK_BYTES // ((c + f) * item)), bias, has_bias, code)
+        return
+    if strides == (1, 1, 1) and c >= _SHIFT_MIN_CHANNELS:
+        border = _border_pixels(out_shape, (D, H, W), ksize, dilation, before, n)
+        if border.size <= _MAX_BORDER_SHARE * y2.shape[0]:
+            _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias, code)
+            return
+    if c < _FEW_CHANNELS:
+        ow = out_shape[2]
+        rows = max(1, min(y2.shape[0] // ow, _TILE_BYTES // (w2.shape[0] * ow * item)))
+        rows = min(rows, _chunk(y2.shape[0] // ow, rows))
+        scratch = _scratch_tiles((w2.shape[0], rows * ow), x.dtype)
+        K.im2col_t_conv(x, w2, y2, tuple(out_shape), strides, dilation, before, ksize, rows, scratch,
+                        bias, has_bias, code)
+        return
+    tile = _chunk(y2.shape[0], _TILE_BYTES // (w2.shape[0] * item))
+    scratch = _scratch_tiles((tile, w2.shape[0]), x.dtype)
+    K.im2col_conv(x, w2, y2, tuple(out_shape), strides, dilation, before, ksize, tile, scratch,
+                  bias, has_bias, code)
+
+
+def _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias, code):
     """Stride-1 convolution as one GEMM per kernel tap on shifted views of the input.
 
     Output pixel ``q`` (indexed on the input's own grid) reads input pixel
     ``q + offset(tap)``, so each tap is ``Y[lo:hi] += X[lo+off:hi+off] @ W[tap]``
-    over contiguous rows: no im2col and no padded copy.  Rows whose window wraps
-    across an edge are the ``border`` pixels, recomputed exactly afterwards.
+    over rows of the channels-last buffer: no im2col and no padded copy.  Rows
+    whose window wraps across an edge are the ``border`` pixels, recomputed
+    exactly afterwards.
     """
-    n, D, H, W, C = x.shape
-    kd, kh, kw, _, F = w.shape
-    X = x.reshape(-1, C)
+    n, D, H, W, c = x.shape
+    kd, kh, kw, _, f = w.shape
+    X = x.reshape(n * D * H * W, c)  # a channel slice of a group stays a strided view
     same_grid = tuple(out_shape) == (D, H, W)
-    Yv = y.reshape(-1, F) if same_grid else np.empty((X.shape[0], F), x.dtype)
-    offsets = [((a * dilation[0] - before[0]) * H + (b * dilation[1] - before[1])) * W
-               + (c * dilation[2] - before[2])
-               for a in range(kd) for b in range(kh) for c in range(kw)]
-    lo, hi = max(0, -min(offsets)), min(X.shape[0], X.shape[0] - max(offsets))
-    wt = w.reshape(len(offsets), C, F)
+    Yv = y2 if same_grid else np.empty((X.shape[0], f), x.dtype)
+    offsets = np.array([((a * dilation[0] - before[0]) * H + (b * dilation[1] - before[1])) * W
+                        + (e * dilation[2] - before[2])
+                        for a in range(kd) for b in range(kh) for e in range(kw)], np.int64)
+    lo, hi = max(0, -int(offsets.min())), min(X.shape[0], X.shape[0] - int(offsets.max()))
+    wt = np.ascontiguousarray(w.reshape(len(offsets), c, f))
     if hi > lo:
-        for t, off in enumerate(offsets):
-            _gemm(X[lo + off:hi + off], wt[t], Yv[lo:hi], 0.0 if t == 0 else 1.0)
+        K.shifted_taps(X, wt, Yv, offsets, lo, hi, _chunk(hi - lo, _CHUNK_BYTES // (f * x.itemsize)),
+                       bias, has_bias, code)
     if not same_grid:
-        y[...] = Yv.reshape(n, D, H, W, F)[:, :out_shape[0], :out_shape[1], :out_shape[2]]
+        y2[...] = Yv.reshape(n, D, H, W, f)[:, :out_shape[0], :out_shape[1], :out_shape[2]].reshape(-1, f)
     if border.size:
-        cols = np.empty((border.size, len(offsets) * C), x.dtype)
-        K.pack_pixels_serial(x, cols, border, tuple(out_shape), (1, 1, 1), dilation, before, (kd, kh, kw))
-        part = np.empty((border.size, F), x.dtype)
-        _gemm(cols, w.reshape(-1, F), part, 0.0)
-        y.reshape(-1, F)[border] = part
-
-
-def _gemm_conv_t(x, w2, y2, out_shape, strides, dilation, before, ksize, bias, has_bias, code):
-    """Few input channels: patches packed transposed (K, pixels), whole output rows per
-    tile, so packing runs along rows instead of along a handful of channels."""
-    ow = out_shape[2]
-    k_all = w2.shape[0]
-    n_rows = y2.shape[0] // ow
-    rows = max(1, min(n_rows, _TILE_BYTES // (k_all * ow * x.itemsize)))
-    cols_t = _scratch((k_all, rows * ow), x.dtype)
-    gemm = blas.sgemm if x.dtype == np.float32 else blas.dgemm
-    for r0 in range(0, n_rows, rows):
-        rt = min(rows, n_rows - r0)
-        ct = cols_t[:, :rt * ow] if rt == rows else np.empty((k_all, rt * ow), x.dtype)
-        K.pack_patches_t_serial(x, ct, r0, tuple(out_shape), strides, dilation, before, ksize)
-        out = y2[r0 * ow:(r0 + rt) * ow]
-        # out^T (F, m) = w2^T (F, K) @ ct (K, m): ct is C-ordered, i.e. the transpose of a
-        # Fortran-ordered (m, K) matrix, hence trans_b.
-        r = gemm(1.0, w2.T, ct.T, beta=0.0, c=out.T, overwrite_c=1, trans_b=1)
-        if r.ctypes.data != out.ctypes.data:  # pragma: no cover
-            raise AssertionError("BLAS did not write in place")
-        if has_bias or code:
-            K.epilogue_serial(out, bias, has_bias, code)
-
-
-# Below this many input channels, patches are packed transposed (see _gemm_conv_t).
-_FEW_CHANNELS = 8
+        K.pixels_conv(x, np.ascontiguousarray(w.reshape(-1, f)), y2, border, tuple(out_shape), (1, 1, 1),
+                      dilation, before, (kd, kh, kw), _chunk(border.size, 256), bias, has_bias, code)
 
 
 def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
     _threads()
-    n, c = x.shape[0], x.shape[-1]
-    kd, kh, kw, cg, f = w.shape
+    n = x.shape[0]
+    cg, f = w.shape[3], w.shape[4]
     before = tuple(p[0] for p in pads)
     y = np.empty((n,) + tuple(out_shape) + (f,), x.dtype)
     y2 = y.reshape(-1, f)
@@ -185,28 +177,15 @@ def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
     if groups > 1 and cg < _GROUP_GEMM_MIN:
         K.grouped_direct(x, w, y, strides, dilation, before, groups, bias, has_bias, code)
         return y
-    ksize = (kd, kh, kw)
-    if groups == 1:
-        w2 = w.reshape(-1, f)
-        if ksize == (1, 1, 1) and strides == (1, 1, 1) and not any(before) and \
-                tuple(out_shape) == x.shape[1:4]:
-            _gemm(x.reshape(-1, c), w2, y2, 0.0)
-        elif strides == (1, 1, 1) and c >= _SHIFT_MIN_CHANNELS and (border := _border_pixels(
-                out_shape, x.shape[1:4], ksize, dilation, before, n)).size <= _MAX_BORDER_SHARE * y2.shape[0]:
-            _shifted_conv(x, w, y, out_shape, dilation, before, border)
+    with _blas.single_threaded():
+        if groups == 1:
+            _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, code)
         else:
-            _gemm_conv(x, w2, y2, out_shape, strides, dilation, before, ksize, bias, has_bias, code)
-            return y
-        if has_bias or code:
-            K.epilogue_serial(y2, bias, has_bias, code)
-        return y
-    fg = f // groups
-    part = np.empty((y2.shape[0], fg), x.dtype)
-    for g in range(groups):
-        w2 = np.ascontiguousarray(w[..., g * fg:(g + 1) * fg].reshape(-1, fg))
-        _gemm_conv(x[..., g * cg:(g + 1) * cg], w2, part, out_shape, strides, dilation, before, ksize,
-                   bias[g * fg:(g + 1) * fg], has_bias, code)
-        y2[:, g * fg:(g + 1) * fg] = part
+            fg = f // groups
+            for g in range(groups):
+                _conv_dense(x[..., g * cg:(g + 1) * cg], w[..., g * fg:(g + 1) * fg],
+                            y2[:, g * fg:(g + 1) * fg], out_shape, strides, dilation, before,
+                            bias[g * fg:(g + 1) * fg], has_bias, code)
     return y
 
 
@@ -220,11 +199,14 @@ def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activatio
     y = np.empty((n,) + tuple(out_shape) + (f,), x.dtype)
     bias, has_bias, code = _fused(b, activation, x.dtype, f)
     in_shape = x.shape[1:4]
-    cols = _scratch((math.prod(in_shape), taps * f), x.dtype)
-    for i in range(n):  # one image at a time bounds the GEMM result's size
-        _gemm(x[i].reshape(-1, c), wt, cols, 0.0)
-        K.col2im_serial(cols, y[i:i + 1], in_shape, strides, dilation, tuple(pads_before), (kd, kh, kw),
-                 bias, has_bias, code)
+    pixels = math.prod(in_shape)
+    cols = _scratch((pixels, taps * f), x.dtype)
+    chunk = _chunk(pixels, _CHUNK_BYTES // ((c + taps * f) * x.itemsize))
+    with _blas.single_threaded():
+        for i in range(n):  # one image at a time bounds the GEMM result's size
+            K.gemm_rows(x[i].reshape(-1, c), wt, cols, chunk, bias, False, 0)
+            K.col2im(cols, y[i:i + 1], in_shape, strides, dilation, tuple(pads_before), (kd, kh, kw),
+                     bias, has_bias, code)
     return y
 
 
