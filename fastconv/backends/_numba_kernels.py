@@ -201,9 +201,17 @@ def _pack_patches_t(x, cols_t, row0, out_shape, strides, dilation, before, ksize
                 continue
             src = x[n, i_d, i_h]
             off = kw * dilation[2] - before[2]
-            for ow in range(OW):
-                i_w = ow * strides[2] + off
-                dst[base + ow] = src[i_w, c] if 0 <= i_w < W else 0
+            s = strides[2]
+            # output columns whose input column is inside the row: [lo, hi)
+            lo = 0 if off >= 0 else (-off + s - 1) // s
+            hi = min(OW, (W - 1 - off) // s + 1) if W - 1 - off >= 0 else 0
+            lo = min(lo, hi)
+            for ow in range(lo):
+                dst[base + ow] = 0
+            for ow in range(lo, hi):
+                dst[base + ow] = src[ow * s + off, c]
+            for ow in range(hi, OW):
+                dst[base + ow] = 0
 
 
 def _pack_pixels(x, cols, pixels, out_shape, strides, dilation, before, ksize):
