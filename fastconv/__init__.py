@@ -16,6 +16,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import activations, errors  # noqa: E402
 from ._threads import get_num_threads, set_num_threads
 from .backends import available_backends
+from . import cost
 from .errors import (BackendError, BackendUnavailableError, FastconvError, InvalidArgumentError,
                      InvalidDTypeError, InvalidShapeError, NotSupportedError)
 from .ops import *  # noqa: F401,F403
@@ -26,6 +27,7 @@ from .models import Model, load_model
 __version__ = "0.1.0"
 
 __all__ = list(_ops_all) + [
+    "cost",
     "activations", "errors", "available_backends", "get_num_threads", "set_num_threads",
     "FastconvError", "InvalidArgumentError", "InvalidShapeError", "InvalidDTypeError",
     "BackendError", "BackendUnavailableError", "NotSupportedError", "__version__",

@@ -363,7 +363,11 @@ def names():
 
 def canonical(activation):
     """Normalise an ``activation=`` argument: ``None``/"linear" -> None, a name
-    -> its canonical name, a callable -> itself.  Raises on an unknown name."""
+    -> its canonical name, a callable -> itself.  Raises on an unknown name.
+
+    >>> canonical("Swish"), canonical("linear"), canonical(None)
+    ('silu', None, None)
+    """
     if activation is None:
         return None
     if callable(activation):

@@ -1,6 +1,8 @@
 """Convolutions: standard, grouped, pointwise, depthwise, separable, spatially
 separable and transposed, in 1-D, 2-D and 3-D, with Keras 3 semantics."""
 
+import collections
+
 import numpy as np
 
 from .. import activations
@@ -33,8 +35,13 @@ def _bias(bias, length, op, what):
     return bias
 
 
-def _conv(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups,
-          activation, data_format, backend):
+ConvPlan = collections.namedtuple(
+    "ConvPlan", "fmt act x kernel bias spatial strides dilation groups out pads")
+
+
+def conv_plan(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups, activation, data_format):
+    """Validate a convolution's arguments and work out its geometry (shared by the op
+    and by :mod:`fastconv.cost`, which passes zero-memory placeholder arrays)."""
     fmt = A.data_format(data_format, op)
     padding = A.padding_mode(padding, op, ("valid", "same", "causal") if nsp == 1 else ("valid", "same"))
     act = activations.canonical(activation)
@@ -58,17 +65,28 @@ def _conv(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups,
     dilation = A.int_tuple(dilation_rate, nsp, "dilation_rate", op)
     A.refuse_strided_dilation(strides, dilation, op)
     out, pads = A.conv_geometry(spatial, kernel.shape[:nsp], strides, dilation, padding, op)
-    dt = A.compute_dtype(x, kernel, bias)
+    return ConvPlan(fmt, act, x, kernel, bias, spatial, strides, dilation, groups, out, pads)
+
+
+def _conv(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups,
+          activation, data_format, backend):
+    p = conv_plan(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups, activation, data_format)
+    dt = A.compute_dtype(p.x, p.kernel, p.bias)
     return run_conv_like(
-        "conv", backend, nsp, fmt, act,
-        to_3d(x, nsp, fmt, dt), kernel_3d(kernel, nsp, dt),
-        None if bias is None else np.ascontiguousarray(bias, dtype=dt),
-        axes3(strides, nsp, 1), axes3(dilation, nsp, 1), axes3(pads, nsp, (0, 0)), groups,
-        axes3(out, nsp, 1))
+        "conv", backend, nsp, p.fmt, p.act,
+        to_3d(p.x, nsp, p.fmt, dt), kernel_3d(p.kernel, nsp, dt),
+        None if p.bias is None else np.ascontiguousarray(p.bias, dtype=dt),
+        axes3(p.strides, nsp, 1), axes3(p.dilation, nsp, 1), axes3(p.pads, nsp, (0, 0)), p.groups,
+        axes3(p.out, nsp, 1))
 
 
-def _conv_transpose(op, nsp, x, kernel, bias, strides, padding, output_padding, dilation_rate,
-                    activation, data_format, backend):
+TransposePlan = collections.namedtuple(
+    "TransposePlan", "fmt act x kernel bias spatial strides dilation out before")
+
+
+def conv_transpose_plan(op, nsp, x, kernel, bias, strides, padding, output_padding, dilation_rate,
+                        activation, data_format):
+    """Validate a transposed convolution's arguments and work out its geometry."""
     fmt = A.data_format(data_format, op)
     padding = A.padding_mode(padding, op)
     act = activations.canonical(activation)
@@ -79,8 +97,7 @@ def _conv_transpose(op, nsp, x, kernel, bias, strides, padding, output_padding, 
         raise InvalidShapeError(
             f"{op}: kernel expects {kernel.shape[-1]} input channels (kernel.shape[-1], the layout is "
             f"(*kernel_size, filters, in_channels)); x has {cin} channels")
-    filters = kernel.shape[-2]
-    bias = _bias(bias, filters, op, "one per filter")
+    bias = _bias(bias, kernel.shape[-2], op, "one per filter")
     strides = A.int_tuple(strides, nsp, "strides", op)
     dilation = A.int_tuple(dilation_rate, nsp, "dilation_rate", op)
     output_padding = A.int_tuple(output_padding, nsp, "output_padding", op, minimum=0, allow_none=True)
@@ -91,12 +108,19 @@ def _conv_transpose(op, nsp, x, kernel, bias, strides, padding, output_padding, 
     A.refuse_strided_dilation(strides, dilation, op)
     out, before = A.conv_transpose_geometry(spatial, kernel.shape[:nsp], strides, dilation, padding,
                                             output_padding, op)
-    dt = A.compute_dtype(x, kernel, bias)
+    return TransposePlan(fmt, act, x, kernel, bias, spatial, strides, dilation, out, before)
+
+
+def _conv_transpose(op, nsp, x, kernel, bias, strides, padding, output_padding, dilation_rate,
+                    activation, data_format, backend):
+    p = conv_transpose_plan(op, nsp, x, kernel, bias, strides, padding, output_padding, dilation_rate,
+                            activation, data_format)
+    dt = A.compute_dtype(p.x, p.kernel, p.bias)
     return run_conv_like(
-        "conv_transpose", backend, nsp, fmt, act,
-        to_3d(x, nsp, fmt, dt), kernel_3d(kernel, nsp, dt),
-        None if bias is None else np.ascontiguousarray(bias, dtype=dt),
-        axes3(strides, nsp, 1), axes3(dilation, nsp, 1), axes3(before, nsp, 0), axes3(out, nsp, 1))
+        "conv_transpose", backend, nsp, p.fmt, p.act,
+        to_3d(p.x, nsp, p.fmt, dt), kernel_3d(p.kernel, nsp, dt),
+        None if p.bias is None else np.ascontiguousarray(p.bias, dtype=dt),
+        axes3(p.strides, nsp, 1), axes3(p.dilation, nsp, 1), axes3(p.before, nsp, 0), axes3(p.out, nsp, 1))
 
 
 def _depthwise_parts(op, nsp, x, kernel, strides, padding, dilation_rate, data_format, name="kernel"):
@@ -127,8 +151,13 @@ def _depthwise(op, nsp, x, kernel, bias, strides, padding, dilation_rate, activa
         axes3(strides, nsp, 1), axes3(dilation, nsp, 1), axes3(pads, nsp, (0, 0)), axes3(out, nsp, 1))
 
 
-def _separable(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides, padding, dilation_rate,
-               activation, data_format, backend):
+SeparablePlan = collections.namedtuple(
+    "SeparablePlan", "fmt act x depthwise_kernel pointwise_kernel bias strides dilation out pads")
+
+
+def separable_plan(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides, padding, dilation_rate,
+                   activation, data_format):
+    """Validate a separable convolution's arguments and work out its geometry."""
     act = activations.canonical(activation)
     fmt, x, dk, strides, dilation, out, pads = _depthwise_parts(
         op, nsp, x, depthwise_kernel, strides, padding, dilation_rate, data_format, "depthwise_kernel")
@@ -140,16 +169,24 @@ def _separable(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides, pa
             f"{op}: argument `pointwise_kernel` must have shape {(1,) * nsp + (mid, '<filters>')} "
             f"(1x1, in_channels * depth_multiplier = {mid} inputs); got shape {pk.shape}")
     bias = _bias(bias, pk.shape[-1], op, "one per filter")
-    dt = A.compute_dtype(x, dk, pk, bias)
-    x3 = to_3d(x, nsp, fmt, dt)
+    return SeparablePlan(fmt, act, x, dk, pk, bias, strides, dilation, out, pads)
+
+
+def _separable(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides, padding, dilation_rate,
+               activation, data_format, backend):
+    p = separable_plan(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
+                       dilation_rate, activation, data_format)
+    dt = A.compute_dtype(p.x, p.depthwise_kernel, p.pointwise_kernel, p.bias)
+    x3 = to_3d(p.x, nsp, p.fmt, dt)
     ones = (1, 1, 1)
     mid_y = run_conv_like(
         "depthwise_conv", backend, 3, "channels_last", None,
-        x3, kernel_3d(dk, nsp, dt), None,
-        axes3(strides, nsp, 1), axes3(dilation, nsp, 1), axes3(pads, nsp, (0, 0)), axes3(out, nsp, 1))
+        x3, kernel_3d(p.depthwise_kernel, nsp, dt), None,
+        axes3(p.strides, nsp, 1), axes3(p.dilation, nsp, 1), axes3(p.pads, nsp, (0, 0)), axes3(p.out, nsp, 1))
     return run_conv_like(
-        "conv", backend, nsp, fmt, act,
-        mid_y, kernel_3d(pk, nsp, dt), None if bias is None else np.ascontiguousarray(bias, dtype=dt),
+        "conv", backend, nsp, p.fmt, p.act,
+        mid_y, kernel_3d(p.pointwise_kernel, nsp, dt),
+        None if p.bias is None else np.ascontiguousarray(p.bias, dtype=dt),
         ones, ones, ((0, 0),) * 3, 1, mid_y.shape[1:4])
 
 

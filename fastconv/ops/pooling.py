@@ -1,5 +1,7 @@
 """Max, average and global pooling in 1-D, 2-D and 3-D, with Keras 3 semantics."""
 
+import collections
+
 import numpy as np
 
 from .. import backends
@@ -13,33 +15,49 @@ __all__ = [
 ]
 
 
-def _pool(kind, nsp, x, pool_size, strides, padding, data_format, backend):
+PoolPlan = collections.namedtuple("PoolPlan", "op fmt x spatial channels pool strides out pads")
+GlobalPlan = collections.namedtuple("GlobalPlan", "op fmt x spatial channels keepdims")
+
+
+def pool_plan(kind, nsp, x, pool_size, strides, padding, data_format):
+    """Validate a pooling call's arguments and work out its geometry (shared with fastconv.cost)."""
     op = f"{kind}_pool{nsp}d"
     fmt = A.data_format(data_format, op)
     padding = A.padding_mode(padding, op)
     x = A.as_array(x, "x", op)
-    spatial, _ = A.split_input(x, nsp, fmt, op)
+    spatial, channels = A.split_input(x, nsp, fmt, op)
     pool = A.int_tuple(pool_size, nsp, "pool_size", op)
     strides = pool if strides is None else A.int_tuple(strides, nsp, "strides", op)
     out, pads = A.pool_geometry(spatial, pool, strides, padding, op)
-    y = backends.resolve(backend, f"{kind}_pool")(
-        to_3d(x, nsp, fmt, A.compute_dtype(x)), axes3(pool, nsp, 1), axes3(strides, nsp, 1),
-        axes3(pads, nsp, (0, 0)), axes3(out, nsp, 1))
-    return from_3d(y, nsp, fmt)
+    return PoolPlan(op, fmt, x, spatial, channels, pool, strides, out, pads)
 
 
-def _global(kind, nsp, x, keepdims, data_format, backend):
+def global_plan(kind, nsp, x, keepdims, data_format):
+    """Validate a global pooling call's arguments."""
     op = f"global_{kind}_pool{nsp}d"
     fmt = A.data_format(data_format, op)
     x = A.as_array(x, "x", op)
-    spatial, _ = A.split_input(x, nsp, fmt, op)
+    spatial, channels = A.split_input(x, nsp, fmt, op)
     if 0 in spatial:
         raise A.InvalidShapeError(f"{op}: argument `x` has an empty spatial axis: shape {x.shape}")
     if not isinstance(keepdims, (bool, np.bool_)):
         raise A.InvalidArgumentError(f"{op}: argument `keepdims` must be True or False; got {keepdims!r}")
-    y = backends.resolve(backend, f"global_{kind}_pool")(to_3d(x, nsp, fmt, A.compute_dtype(x)))
-    if keepdims:
-        y = y.reshape((y.shape[0],) + (1,) * nsp + (y.shape[1],)) if fmt == "channels_last" \
+    return GlobalPlan(op, fmt, x, spatial, channels, bool(keepdims))
+
+
+def _pool(kind, nsp, x, pool_size, strides, padding, data_format, backend):
+    p = pool_plan(kind, nsp, x, pool_size, strides, padding, data_format)
+    y = backends.resolve(backend, f"{kind}_pool")(
+        to_3d(p.x, nsp, p.fmt, A.compute_dtype(p.x)), axes3(p.pool, nsp, 1), axes3(p.strides, nsp, 1),
+        axes3(p.pads, nsp, (0, 0)), axes3(p.out, nsp, 1))
+    return from_3d(y, nsp, p.fmt)
+
+
+def _global(kind, nsp, x, keepdims, data_format, backend):
+    p = global_plan(kind, nsp, x, keepdims, data_format)
+    y = backends.resolve(backend, f"global_{kind}_pool")(to_3d(p.x, nsp, p.fmt, A.compute_dtype(p.x)))
+    if p.keepdims:
+        y = y.reshape((y.shape[0],) + (1,) * nsp + (y.shape[1],)) if p.fmt == "channels_last" \
             else y.reshape(y.shape + (1,) * nsp)
     return y
 
