@@ -70,7 +70,12 @@ def test_im2col_tiles(nb, monkeypatch, tile_bytes, dtype):
 def test_grouped_gemm_and_direct(dtype):
     _check(fastconv.conv2d, _rand(1, 7, 8, 32), _rand(3, 3, 16, 8), _rand(8), dtype=dtype, groups=2,
            padding="same", activation="relu")
+    # 8 groups of 4 channels: merged 4 at a time into block-diagonal dense convolutions
     _check(fastconv.conv2d, _rand(1, 7, 8, 32), _rand(3, 3, 4, 16), dtype=dtype, groups=8, strides=2)
+    _check(fastconv.conv2d, _rand(2, 9, 8, 32), _rand(3, 3, 4, 8), _rand(8), dtype=dtype, groups=8,
+           padding="same", activation="relu")
+    # 3 groups of 4 can't be merged by 4: the direct kernel
+    _check(fastconv.conv2d, _rand(1, 7, 8, 12), _rand(3, 3, 4, 6), dtype=dtype, groups=3, padding="same")
 
 
 @pytest.mark.parametrize("kw", [dict(padding="same"), dict(padding="valid", strides=2),
