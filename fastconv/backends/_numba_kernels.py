@@ -94,10 +94,11 @@ def activate(v, code):
     return v
 
 
-def _epilogue(y, bias, has_bias, code):
-    """In place on a (rows, channels) array: add bias, then the activation."""
+@njit(cache=True)
+def epilogue(y, bias, has_bias, code):
+    """In place on a (rows, channels) tile: add bias, then the activation (one thread)."""
     rows, ch = y.shape
-    for r in prange(rows):
+    for r in range(rows):
         row = y[r]
         if has_bias:
             for c in range(ch):
@@ -127,14 +128,15 @@ def finish_pixel(dst, bias, has_bias, code):
             dst[c] = activate(dst[c], code)
 
 
-def _pack_patches(x, cols, m0, out_shape, strides, dilation, before, ksize):
+@njit(cache=True)
+def pack_patches(x, cols, m0, out_shape, strides, dilation, before, ksize):
     """im2col for rows ``m0 .. m0 + len(cols)`` of the output: ``cols[r]`` gets the
     receptive field of output pixel ``m0 + r`` as (KD, KH, KW, C), zeros where padded."""
     n_rows, k_all = cols.shape
     _, D, H, W, C = x.shape
     OD, OH, OW = out_shape
     KD, KH, KW = ksize
-    for r in prange(n_rows):
+    for r in range(n_rows):
         m = m0 + r
         ow = m % OW
         t = m // OW
@@ -170,7 +172,8 @@ def _pack_patches(x, cols, m0, out_shape, strides, dilation, before, ksize):
                     k += C
 
 
-def _pack_patches_t(x, cols_t, row0, out_shape, strides, dilation, before, ksize):
+@njit(cache=True)
+def pack_patches_t(x, cols_t, row0, out_shape, strides, dilation, before, ksize):
     """im2col transposed, for inputs with few channels: ``cols_t[k, j]`` is patch element
     ``k = ((kd * KH + kh) * KW + kw) * C + c`` of output pixel ``row0 * OW + j``, for whole
     output rows.  The inner loop runs along an output row (long, unlike C)."""
@@ -179,7 +182,7 @@ def _pack_patches_t(x, cols_t, row0, out_shape, strides, dilation, before, ksize
     OD, OH, OW = out_shape
     KD, KH, KW = ksize
     n_rows = n_cols // OW
-    for k in prange(k_all):
+    for k in range(k_all):
         c = k % C
         t = k // C
         kw = t % KW
@@ -214,13 +217,14 @@ def _pack_patches_t(x, cols_t, row0, out_shape, strides, dilation, before, ksize
                 dst[base + ow] = 0
 
 
-def _pack_pixels(x, cols, pixels, out_shape, strides, dilation, before, ksize):
+@njit(cache=True)
+def pack_pixels(x, cols, pixels, out_shape, strides, dilation, before, ksize):
     """Like :func:`pack_patches` for an explicit list of output pixel indices."""
     n_rows = pixels.shape[0]
     _, D, H, W, C = x.shape
     OD, OH, OW = out_shape
     KD, KH, KW = ksize
-    for r in prange(n_rows):
+    for r in range(n_rows):
         m = pixels[r]
         ow = m % OW
         t = m // OW
@@ -244,46 +248,6 @@ def _pack_pixels(x, cols, pixels, out_shape, strides, dilation, before, ksize):
                         for c in range(C):
                             dst[k + c] = 0
                     k += C
-
-
-def _col2im(cols, y, in_shape, strides, dilation, before, ksize, bias, has_bias, code):
-    """Transposed convolution's gather: ``y[n, o] = sum of cols[n, i, tap]`` over the
-    (input position, tap) pairs with ``i * s + tap * d - before == o``.
-
-    ``cols`` is (N * ID * IH * IW, KD * KH * KW * F), ``y`` is (N, OD, OH, OW, F).
-    Each thread owns output rows, so the sum needs no atomics.
-    """
-    N, OD, OH, OW, F = y.shape
-    ID, IH, IW = in_shape
-    KD, KH, KW = ksize
-    for row in prange(N * OD * OH):
-        n = row // (OD * OH)
-        od = (row // OH) % OD
-        oh = row % OH
-        for ow in range(OW):
-            dst = y[n, od, oh, ow]
-            for f in range(F):
-                dst[f] = 0
-            for kd in range(KD):
-                a = od + before[0] - kd * dilation[0]
-                if a < 0 or a % strides[0] != 0 or a // strides[0] >= ID:
-                    continue
-                i_d = a // strides[0]
-                for kh in range(KH):
-                    b = oh + before[1] - kh * dilation[1]
-                    if b < 0 or b % strides[1] != 0 or b // strides[1] >= IH:
-                        continue
-                    i_h = b // strides[1]
-                    for kw in range(KW):
-                        c = ow + before[2] - kw * dilation[2]
-                        if c < 0 or c % strides[2] != 0 or c // strides[2] >= IW:
-                            continue
-                        i_w = c // strides[2]
-                        src = cols[((n * ID + i_d) * IH + i_h) * IW + i_w]
-                        off = ((kd * KH + kh) * KW + kw) * F
-                        for f in range(F):
-                            dst[f] += src[off + f]
-            finish_pixel(dst, bias, has_bias, code)
 
 
 @njit(parallel=True, cache=True, fastmath={"contract"})
@@ -487,20 +451,6 @@ def global_pool(x, y, is_max):
                 dst[c] *= inv
 
 
-# The GEMM paths call BLAS, which runs its own threads: the helpers around those
-# calls are compiled serial too, so the two thread pools never take turns within
-# one op (measured: alternating them costs milliseconds while each pool's idle
-# threads spin).  The parallel versions serve direct kernels.
-epilogue = njit(parallel=True, cache=True)(_epilogue)
-epilogue_serial = njit(cache=True)(_epilogue)
-pack_patches = njit(parallel=True, cache=True)(_pack_patches)
-pack_patches_serial = njit(cache=True)(_pack_patches)
-pack_pixels_serial = njit(cache=True)(_pack_pixels)
-pack_patches_t_serial = njit(cache=True)(_pack_patches_t)
-col2im = njit(parallel=True, cache=True)(_col2im)
-col2im_serial = njit(cache=True)(_col2im)
-
-
 # ---------------------------------------------------------------- GEMM drivers
 # Every driver below splits its rows among Numba's threads and calls BLAS on one
 # thread per tile (see fastconv.backends._blas): one thread pool for the whole op,
@@ -516,7 +466,7 @@ def gemm_rows(X, W, Y, chunk, bias, has_bias, code):
         out = Y[q0:q1]
         gemm(X[q0:q1], W, out, 0.0)
         if has_bias or code:
-            epilogue_serial(out, bias, has_bias, code)
+            epilogue(out, bias, has_bias, code)
 
 
 @njit(parallel=True, cache=True)
@@ -530,7 +480,7 @@ def shifted_taps(X, wt, Y, offsets, lo, hi, chunk, bias, has_bias, code):
             off = offsets[t]
             gemm(X[q0 + off:q1 + off], wt[t], out, 0.0 if t == 0 else 1.0)
         if has_bias or code:
-            epilogue_serial(out, bias, has_bias, code)
+            epilogue(out, bias, has_bias, code)
 
 
 @njit(parallel=True, cache=True)
@@ -542,11 +492,11 @@ def pixels_conv(x, W, Y, pixels, out_shape, strides, dilation, before, ksize, ch
         p0 = i * chunk
         p1 = min(n, p0 + chunk)
         cols = np.empty((p1 - p0, k_all), x.dtype)
-        pack_pixels_serial(x, cols, pixels[p0:p1], out_shape, strides, dilation, before, ksize)
+        pack_pixels(x, cols, pixels[p0:p1], out_shape, strides, dilation, before, ksize)
         part = np.empty((p1 - p0, f), x.dtype)
         gemm(cols, W, part, 0.0)
         if has_bias or code:
-            epilogue_serial(part, bias, has_bias, code)
+            epilogue(part, bias, has_bias, code)
         for r in range(p1 - p0):
             Y[pixels[p0 + r]] = part[r]
 
@@ -559,11 +509,11 @@ def im2col_conv(x, W, Y, out_shape, strides, dilation, before, ksize, tile, scra
         m0 = i * tile
         mt = min(tile, m - m0)
         buf = scratch[get_thread_id()][:mt]
-        pack_patches_serial(x, buf, m0, out_shape, strides, dilation, before, ksize)
+        pack_patches(x, buf, m0, out_shape, strides, dilation, before, ksize)
         out = Y[m0:m0 + mt]
         gemm(buf, W, out, 0.0)
         if has_bias or code:
-            epilogue_serial(out, bias, has_bias, code)
+            epilogue(out, bias, has_bias, code)
 
 
 @njit(parallel=True, cache=True)
@@ -576,8 +526,8 @@ def im2col_t_conv(x, W, Y, out_shape, strides, dilation, before, ksize, rows, sc
         r0 = i * rows
         rt = min(rows, n_rows - r0)
         buf = scratch[get_thread_id()][:, :rt * ow]
-        pack_patches_t_serial(x, buf, r0, out_shape, strides, dilation, before, ksize)
+        pack_patches_t(x, buf, r0, out_shape, strides, dilation, before, ksize)
         out = Y[r0 * ow:(r0 + rt) * ow]
         gemm(buf.T, W, out, 0.0)
         if has_bias or code:
-            epilogue_serial(out, bias, has_bias, code)
+            epilogue(out, bias, has_bias, code)

@@ -1,25 +1,27 @@
 """The numba backend: parallel Numba kernels, with dense work handed to BLAS.
 
-How each op is computed (chosen by measurement on a 2-core Zen 3, see README):
+How each op is computed (chosen by measurement on this 2-core machine, see README):
 
-* dense convolutions (groups=1, and groups with >= ``_GROUP_GEMM_MIN`` channels
-  per group): GEMM.  A 1x1 stride-1 convolution is one GEMM on the
-  channels-last buffer itself.  Otherwise output pixels are taken in tiles;
-  a parallel Numba kernel packs each tile's receptive fields (implicit im2col,
-  never the whole matrix) and NumPy's sgemm/dgemm multiplies the tile by the
-  (K, filters) weight matrix straight into the output; bias and activation
-  follow on the tile while it is still in cache.
-* transposed convolutions: one GEMM per image, input pixels x (in_channels,
-  taps * filters), then a parallel gather (col2im) that sums each output pixel's
-  contributions — no zero insertion, no atomics — with bias and activation fused.
-* depthwise, grouped with few channels per group, pooling: direct loops, one
-  thread per output row, vectorised along channels, bias and activation fused.
+* dense convolutions are GEMMs: a 1x1 stride-1 convolution is one GEMM on the
+  channels-last buffer; other stride-1 convolutions with >= 16 input channels
+  run one GEMM per kernel tap on shifted views of the input (no im2col, no
+  padded copy; the frame of border pixels is recomputed exactly); the rest
+  pack L2-sized tiles of patches (implicit im2col, never the whole matrix) and
+  multiply each tile, packing transposed when there are few input channels;
+* grouped convolutions: per group as above when groups have >= 16 channels;
+  else neighbouring groups are merged into block-diagonal dense convolutions;
+* transposed convolutions: one stride-1 convolution per output phase, written
+  into its strided slice of the output (no zero insertion, no scatter-add);
+* depthwise (with a 3x3 fast path), pooling, global pooling: direct loops, one
+  thread per output row, vectorised along channels.
 
-Numba's threads and BLAS's threads never run nested: packing, GEMM and the
-epilogue alternate.  The Numba thread count follows
+Every op uses one thread pool: Numba's threads split the rows, and each calls
+BLAS on one thread for its own tile (see ``_blas``), with bias and activation
+applied to the tile while it is in cache.  The thread count follows
 :func:`fastconv.set_num_threads`.
 """
 
+import itertools
 import math
 import threading
 
@@ -202,24 +204,65 @@ def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
     return y
 
 
+def _phases(n_in, k, s, d, before, n_out):
+    """Split one axis of a transposed convolution into its ``s`` output phases.
+
+    Output ``o`` receives input ``i`` through tap ``t`` when ``o + before = i * s + t * d``.
+    (Keras allows dilation > 1 only with stride 1.)  The outputs ``o = s * j + r - before``
+    of phase ``r`` take taps ``t = r, r + s, ...`` and form a stride-1 correlation of the input
+    with those taps reversed: ``y_r[j] = sum_u x[j - u * d] w[r + s * u]``.  Per phase:
+    (taps in correlation order, dilation, padding before, first output, count, first j).
+    """
+    out = []
+    d_eff = d if s == 1 else 1
+    for r in range(s):
+        taps = list(range(r, k, s))[::-1]
+        j0 = -((r - before) // s)           # ceil((before - r) / s)
+        j1 = (n_out - 1 + before - r) // s
+        count = j1 - j0 + 1
+        if count <= 0:
+            continue
+        lo = (len(taps) - 1) * d_eff - j0
+        out.append((taps, d_eff, lo, s * j0 + r - before, count))
+    return out
+
+
 def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activation):
+    """Transposed convolution as prod(strides) stride-1 convolutions, one per output phase
+    (see :func:`_phases`), each a dense GEMM convolution written into its strided slice of
+    the output: no zero insertion, no scatter-add, and the same fast paths as ``conv``."""
     _threads()
     n, c = x.shape[0], x.shape[-1]
-    kd, kh, kw, f, _ = w.shape
-    taps = kd * kh * kw
-    # (C, taps * F): input channel -> every tap's contribution to every filter.
-    wt = np.ascontiguousarray(w.reshape(taps, f, c).transpose(2, 0, 1).reshape(c, taps * f))
+    f = w.shape[3]
     y = np.empty((n,) + tuple(out_shape) + (f,), x.dtype)
     bias, has_bias, code = _fused(b, activation, x.dtype, f)
-    in_shape = x.shape[1:4]
-    pixels = math.prod(in_shape)
-    cols = _scratch((pixels, taps * f), x.dtype)
-    chunk = _chunk(pixels, _CHUNK_BYTES // ((c + taps * f) * x.itemsize))
+    axes = [_phases(x.shape[1 + a], w.shape[a], strides[a], dilation[a], pads_before[a], out_shape[a])
+            for a in range(3)]
+    wc = np.swapaxes(w, 3, 4)  # (k..., C, F): the forward convolution's layout
+    covered = 0
     with _blas.single_threaded():
-        for i in range(n):  # one image at a time bounds the GEMM result's size
-            K.gemm_rows(x[i].reshape(-1, c), wt, cols, chunk, bias, False, 0)
-            K.col2im(cols, y[i:i + 1], in_shape, strides, dilation, tuple(pads_before), (kd, kh, kw),
-                     bias, has_bias, code)
+        for pd, ph, pw in itertools.product(*axes):
+            parts = (pd, ph, pw)
+            sel = (slice(None),) + tuple(slice(o0, o0 + s * (cnt - 1) + 1, s)
+                                         for (_, _, _, o0, cnt), s in zip(parts, strides))
+            counts = tuple(p[4] for p in parts)
+            covered += math.prod(counts)
+            if not all(p[0] for p in parts):  # a phase no tap reaches: bias and activation alone
+                y[sel] = 0
+                if has_bias or code:
+                    view = y[sel]
+                    flat = view.reshape(-1, f)
+                    K.epilogue(flat, bias, has_bias, code)
+                    y[sel] = flat.reshape(view.shape)
+                continue
+            lo = [p[2] for p in parts]
+            xs = x[(slice(None),) + tuple(slice(max(0, -v), None) for v in lo)]
+            wp = np.ascontiguousarray(wc[np.ix_(pd[0], ph[0], pw[0])])
+            yp = np.empty((n,) + counts + (f,), x.dtype)
+            _conv_dense(np.ascontiguousarray(xs), wp, yp.reshape(-1, f), counts, (1, 1, 1),
+                        (pd[1], ph[1], pw[1]), tuple(max(0, v) for v in lo), bias, has_bias, code)
+            y[sel] = yp
+    assert covered == math.prod(out_shape), "phases must tile the output"
     return y
 
 
