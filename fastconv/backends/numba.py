@@ -59,8 +59,15 @@ def _scratch(shape, dtype):
     return buf[:size].reshape(shape)
 
 
-def _threads():
-    numba.set_num_threads(max(1, min(get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+# Below this much work (multiply-adds, or elements touched) one thread does the op:
+# waking the pool costs tens of microseconds per parallel loop, more than it saves.
+_PARALLEL_MIN_WORK = 1 << 22
+
+
+def _threads(work):
+    """Set Numba's thread count for an op doing ``work`` multiply-adds (or element reads)."""
+    n = get_num_threads() if work >= _PARALLEL_MIN_WORK else 1
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
 def _fused(b, activation, dtype, channels):
@@ -169,8 +176,8 @@ def _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias,
 
 
 def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
-    _threads()
     n = x.shape[0]
+    _threads(n * math.prod(out_shape) * w.size)
     cg, f = w.shape[3], w.shape[4]
     before = tuple(p[0] for p in pads)
     y = np.empty((n,) + tuple(out_shape) + (f,), x.dtype)
@@ -231,7 +238,7 @@ def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activatio
     """Transposed convolution as prod(strides) stride-1 convolutions, one per output phase
     (see :func:`_phases`), each a dense GEMM convolution written into its strided slice of
     the output: no zero insertion, no scatter-add, and the same fast paths as ``conv``."""
-    _threads()
+    _threads(x.size * w.size // x.shape[-1])
     n, c = x.shape[0], x.shape[-1]
     f = w.shape[3]
     y = np.empty((n,) + tuple(out_shape) + (f,), x.dtype)
@@ -267,7 +274,7 @@ def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activatio
 
 
 def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
-    _threads()
+    _threads(x.shape[0] * math.prod(out_shape) * w.size)
     cm = w.shape[3] * w.shape[4]
     y = np.empty((x.shape[0],) + tuple(out_shape) + (cm,), x.dtype)
     bias, has_bias, code = _fused(b, activation, x.dtype, cm)
@@ -276,7 +283,7 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
 
 
 def _pool(kernel, x, pool, strides, pads, out_shape):
-    _threads()
+    _threads(x.shape[0] * math.prod(out_shape) * x.shape[-1] * math.prod(pool))
     y = np.empty((x.shape[0],) + tuple(out_shape) + (x.shape[-1],), x.dtype)
     kernel(x, y, tuple(pool), tuple(strides), tuple(p[0] for p in pads))
     return y
@@ -291,7 +298,7 @@ def avg_pool(x, pool, strides, pads, out_shape):
 
 
 def _global(x, is_max):
-    _threads()
+    _threads(x.size)
     y = np.empty((x.shape[0], x.shape[-1]), x.dtype)
     K.global_pool(x.reshape(x.shape[0], -1, x.shape[-1]), y, is_max)
     return y
