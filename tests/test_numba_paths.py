@@ -100,3 +100,13 @@ def test_scratch_buffers_are_reused_safely(nb):
                          strides=2, backend="numba")
     np.testing.assert_array_equal(a, a2)
     assert b.shape == (1, 4, 4, 4)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 40), (2, 2, 2, 24)])
+def test_column_split_for_few_pixels(nb, monkeypatch, shape, dtype):
+    # few pixels, many output channels: tasks split the output channels across threads
+    monkeypatch.setattr(nb, "_PARALLEL_MIN_WORK", 0)
+    c = shape[-1]
+    _check(fastconv.conv2d, _rand(*shape), _rand(1, 1, c, 96), _rand(96), dtype=dtype, activation="relu")
+    _check(fastconv.conv2d, _rand(*shape), _rand(3, 3, c, 80), _rand(80), dtype=dtype, padding="same")
+    _check(fastconv.conv2d, _rand(*shape), _rand(2, 2, c, 64), dtype=dtype, strides=2, padding="same")

@@ -456,31 +456,42 @@ def global_pool(x, y, is_max):
 # thread per tile (see fastconv.backends._blas): one thread pool for the whole op,
 # nothing nested, and bias/activation run on each tile while it is in cache.
 
+# A task is a block of rows times a block of columns (output channels): layers with
+# few pixels and many channels (the deep end of a CNN) split their columns, so that
+# each weight is read by one thread only instead of every thread.
+
 @njit(parallel=True, cache=True)
-def gemm_rows(X, W, Y, chunk, bias, has_bias, code):
-    """``Y = X @ W`` (then bias, activation) by row chunks: 1x1 convolutions."""
-    m = X.shape[0]
-    for i in prange((m + chunk - 1) // chunk):
-        q0 = i * chunk
+def gemm_rows(X, W, Y, chunk, fchunk, bias, has_bias, code):
+    """``Y = X @ W`` (then bias, activation) by blocks: 1x1 convolutions."""
+    m, f = Y.shape
+    nf = (f + fchunk - 1) // fchunk
+    for i in prange(((m + chunk - 1) // chunk) * nf):
+        q0 = (i // nf) * chunk
         q1 = min(m, q0 + chunk)
-        out = Y[q0:q1]
-        gemm(X[q0:q1], W, out, 0.0)
+        f0 = (i % nf) * fchunk
+        f1 = min(f, f0 + fchunk)
+        out = Y[q0:q1, f0:f1]
+        gemm(X[q0:q1], W[:, f0:f1], out, 0.0)
         if has_bias or code:
-            epilogue(out, bias, has_bias, code)
+            epilogue(out, bias[f0:f1], has_bias, code)
 
 
 @njit(parallel=True, cache=True)
-def shifted_taps(X, wt, Y, offsets, lo, hi, chunk, bias, has_bias, code):
-    """``Y[q] = sum_t X[q + offsets[t]] @ wt[t]`` for ``q`` in ``[lo, hi)``, by row chunks."""
-    for i in prange((hi - lo + chunk - 1) // chunk):
-        q0 = lo + i * chunk
+def shifted_taps(X, wt, Y, offsets, lo, hi, chunk, fchunk, bias, has_bias, code):
+    """``Y[q] = sum_t X[q + offsets[t]] @ wt[t]`` for ``q`` in ``[lo, hi)``, by blocks."""
+    f = Y.shape[1]
+    nf = (f + fchunk - 1) // fchunk
+    for i in prange(((hi - lo + chunk - 1) // chunk) * nf):
+        q0 = lo + (i // nf) * chunk
         q1 = min(hi, q0 + chunk)
-        out = Y[q0:q1]
+        f0 = (i % nf) * fchunk
+        f1 = min(f, f0 + fchunk)
+        out = Y[q0:q1, f0:f1]
         for t in range(offsets.shape[0]):
             off = offsets[t]
-            gemm(X[q0 + off:q1 + off], wt[t], out, 0.0 if t == 0 else 1.0)
+            gemm(X[q0 + off:q1 + off], wt[t][:, f0:f1], out, 0.0 if t == 0 else 1.0)
         if has_bias or code:
-            epilogue(out, bias, has_bias, code)
+            epilogue(out, bias[f0:f1], has_bias, code)
 
 
 @njit(parallel=True, cache=True)
@@ -502,18 +513,23 @@ def pixels_conv(x, W, Y, pixels, out_shape, strides, dilation, before, ksize, ch
 
 
 @njit(parallel=True, cache=True)
-def im2col_conv(x, W, Y, out_shape, strides, dilation, before, ksize, tile, scratch, bias, has_bias, code):
-    """Tiles of ``tile`` output pixels: pack their patches (L2-sized) and multiply."""
-    m = Y.shape[0]
-    for i in prange((m + tile - 1) // tile):
-        m0 = i * tile
+def im2col_conv(x, W, Y, out_shape, strides, dilation, before, ksize, tile, fchunk, scratch,
+                bias, has_bias, code):
+    """Tiles of ``tile`` output pixels: pack their patches (L2-sized) and multiply; a tile
+    split by columns packs its patches once per column block (only for small layers)."""
+    m, f = Y.shape
+    nf = (f + fchunk - 1) // fchunk
+    for i in prange(((m + tile - 1) // tile) * nf):
+        m0 = (i // nf) * tile
         mt = min(tile, m - m0)
+        f0 = (i % nf) * fchunk
+        f1 = min(f, f0 + fchunk)
         buf = scratch[get_thread_id()][:mt]
         pack_patches(x, buf, m0, out_shape, strides, dilation, before, ksize)
-        out = Y[m0:m0 + mt]
-        gemm(buf, W, out, 0.0)
+        out = Y[m0:m0 + mt, f0:f1]
+        gemm(buf, W[:, f0:f1], out, 0.0)
         if has_bias or code:
-            epilogue(out, bias, has_bias, code)
+            epilogue(out, bias[f0:f1], has_bias, code)
 
 
 @njit(parallel=True, cache=True)

@@ -98,6 +98,23 @@ def _chunk(total, max_rows):
     return max(1, -(-total // n))
 
 
+def _blocks(rows, cols, max_rows):
+    """(rows per task, columns per task): row blocks of at most ``max_rows``; when there are
+    too few rows to give every thread ``_MIN_TASK_ROWS`` of them, the columns are split."""
+    threads = numba.get_num_threads()
+    if threads > 1 and rows < threads * _MIN_TASK_ROWS and cols >= 2 * _MIN_TASK_COLS:
+        fchunk = max(_MIN_TASK_COLS, -(-cols // threads))
+        fchunk = -(-fchunk // 16) * 16
+        return min(rows, max(1, max_rows)), fchunk
+    return _chunk(rows, max_rows), cols
+
+
+# Fewer rows than this per thread, and the columns are split instead (weights are then
+# read once); column blocks are at least this wide, in multiples of 16 (one AVX-512 register).
+_MIN_TASK_ROWS = 128
+_MIN_TASK_COLS = 32
+
+
 def _scratch_tiles(shape, dtype):
     """One scratch tile per Numba thread (indexed by numba.get_thread_id())."""
     return _scratch((numba.config.NUMBA_NUM_THREADS,) + tuple(shape), dtype)
@@ -125,7 +142,8 @@ def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, 
     item = x.itemsize
     if ksize == (1, 1, 1) and strides == (1, 1, 1) and not any(before) and tuple(out_shape) == (D, H, W):
         X = x.reshape(n * D * H * W, c)
-        K.gemm_rows(X, w2, y2, _chunk(X.shape[0], _CHUNK_BYTES // ((c + f) * item)), bias, has_bias, code)
+        rows, cols = _blocks(X.shape[0], f, _CHUNK_BYTES // ((c + f) * item))
+        K.gemm_rows(X, w2, y2, rows, cols, bias, has_bias, code)
         return
     if strides == (1, 1, 1) and c >= _SHIFT_MIN_CHANNELS:
         border = _border_pixels(out_shape, (D, H, W), ksize, dilation, before, n)
@@ -140,9 +158,9 @@ def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, 
         K.im2col_t_conv(x, w2, y2, tuple(out_shape), strides, dilation, before, ksize, rows, scratch,
                         bias, has_bias, code)
         return
-    tile = _chunk(y2.shape[0], _TILE_BYTES // (w2.shape[0] * item))
+    tile, cols = _blocks(y2.shape[0], f, max(_MIN_TASK_ROWS, _TILE_BYTES // (w2.shape[0] * item)))
     scratch = _scratch_tiles((tile, w2.shape[0]), x.dtype)
-    K.im2col_conv(x, w2, y2, tuple(out_shape), strides, dilation, before, ksize, tile, scratch,
+    K.im2col_conv(x, w2, y2, tuple(out_shape), strides, dilation, before, ksize, tile, cols, scratch,
                   bias, has_bias, code)
 
 
@@ -166,8 +184,8 @@ def _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias,
     lo, hi = max(0, -int(offsets.min())), min(X.shape[0], X.shape[0] - int(offsets.max()))
     wt = np.ascontiguousarray(w.reshape(len(offsets), c, f))
     if hi > lo:
-        K.shifted_taps(X, wt, Yv, offsets, lo, hi, _chunk(hi - lo, _CHUNK_BYTES // (f * x.itemsize)),
-                       bias, has_bias, code)
+        rows, cols = _blocks(hi - lo, f, _CHUNK_BYTES // (f * x.itemsize))
+        K.shifted_taps(X, wt, Yv, offsets, lo, hi, rows, cols, bias, has_bias, code)
     if not same_grid:
         y2[...] = Yv.reshape(n, D, H, W, f)[:, :out_shape[0], :out_shape[1], :out_shape[2]].reshape(-1, f)
     if border.size:
