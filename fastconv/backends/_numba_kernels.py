@@ -96,20 +96,26 @@ def activate(v, code):
 
 @njit(cache=True)
 def epilogue(y, bias, has_bias, code):
-    """In place on a (rows, channels) tile: add bias, then the activation (one thread)."""
+    """In place on a (rows, channels) tile: add bias, then the activation (one thread).
+
+    ReLU and ReLU6 run in the tile's own precision in the same pass as the bias
+    (constants typed like the data, so the loop stays one vector pass)."""
     rows, ch = y.shape
+    zero = np.zeros(1, y.dtype)[0]
+    six = zero + np.float32(6)
     for r in range(rows):
         row = y[r]
+        if code == 1 or code == 2:
+            top = six if code == 2 else zero
+            for c in range(ch):
+                v = row[c] + bias[c] if has_bias else row[c]
+                v = max(v, zero)
+                row[c] = min(v, top) if code == 2 else v
+            continue
         if has_bias:
             for c in range(ch):
                 row[c] += bias[c]
-        if code == 1:
-            for c in range(ch):
-                row[c] = max(row[c], 0)
-        elif code == 2:
-            for c in range(ch):
-                row[c] = min(max(row[c], 0), 6)
-        elif code != 0:
+        if code != 0:
             for c in range(ch):
                 row[c] = activate(row[c], code)
 
