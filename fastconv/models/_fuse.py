@@ -71,8 +71,6 @@ def _fold_bn(op, bn):
     new.weights[key] = k.astype(L.DTYPE)
     new.weights["bias"] = (bias * mul + add).astype(L.DTYPE)
     new.use_bias = True
-    if isinstance(op, L.Dense):
-        new.kernel64 = new.weights["kernel"].astype(np.float64)
     return new
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from .. import activations, backends
 from .. import ops as F
 from ..errors import InvalidArgumentError
-from .errors import ModelFormatError, UnsafeModelError, UnsupportedLayerError
+from .errors import ModelFormatError, UnsafeModelError, UnsupportedLayerError, WeightMismatchError
 
 DTYPE = np.float32
 
@@ -71,14 +71,41 @@ class Layer:
     def set_weights(self, arrays):
         spec = self.weight_spec()
         if len(arrays) != len(spec):
-            raise ModelFormatError(
+            raise WeightMismatchError(
                 f"layer {self.name!r} ({self.class_name}): expected {len(spec)} weight arrays "
                 f"({', '.join(s[0] for s in spec) or 'none'}); the file has {len(arrays)}")
+        for s, a in zip(spec, arrays):
+            a = np.asarray(a)
+            if a.dtype.kind != "f" and s[0] not in self.integer_weights:
+                raise WeightMismatchError(
+                    f"layer {self.name!r} ({self.class_name}): weight {s[0]!r} has dtype {a.dtype}; "
+                    f"Keras saves floating-point weights")
+        expected = self.weight_shapes()
+        if expected is not None:
+            for s, a, want in zip(spec, arrays, expected):
+                got = np.shape(a)
+                if want is not None and (len(got) != len(want) or any(
+                        w is not None and w != g for w, g in zip(want, got))):
+                    raise WeightMismatchError(
+                        f"layer {self.name!r} ({self.class_name}): weight {s[0]!r} has shape {got}; "
+                        f"the layer's configuration needs "
+                        f"({', '.join('*' if w is None else str(w) for w in want)}{',' if len(want) == 1 else ''})")
         self.weights = {s[0]: np.ascontiguousarray(a, dtype=DTYPE) for s, a in zip(spec, arrays)}
         self.check_weights()
 
+    #: Variables that may be stored as integers (e.g. Normalization's ``count``).
+    integer_weights = ()
+
+    def weight_shapes(self):
+        """Expected shape of each variable in :meth:`weight_spec` order (``None`` for an
+        axis the configuration does not fix, or for a variable not checked), or None."""
+        return None
+
     def check_weights(self):
-        """Validate weight shapes against the configuration (override)."""
+        """Validate weight shapes against each other (override); raise WeightMismatchError."""
+
+    def mismatch(self, what):
+        raise WeightMismatchError(f"layer {self.name!r} ({self.class_name}): {what}")
 
     def call(self, x, backend):  # pragma: no cover - every subclass overrides it
         raise NotImplementedError
@@ -92,7 +119,8 @@ def activation_name(value, layer, key="activation"):
     if isinstance(value, dict):
         module = value.get("module") or ""
         if value.get("class_name") == "function" and isinstance(value.get("config"), str) \
-                and module.startswith("keras"):
+                and (module in ("keras", "tf_keras") or module.startswith(("keras.", "tf_keras."))) \
+                and value.get("registered_name") in (None, value["config"]):
             value = value["config"]
         else:
             raise UnsupportedLayerError(
@@ -194,6 +222,16 @@ class _ConvBase(Layer):
     def bias(self):
         return self.weights.get("bias")
 
+    def kernel_size(self):
+        return _tuple(self.opt("kernel_size"), self.nsp, self, "kernel_size")
+
+    def filters(self):
+        f = self.opt("filters")
+        return f if isinstance(f, int) and not isinstance(f, bool) else None
+
+    def _bias_shape(self, n):
+        return [(n,)] if self.use_bias else []
+
 
 class Conv(_ConvBase):
     keras_names = ("Conv1D", "Conv2D", "Conv3D", "Convolution1D", "Convolution2D", "Convolution3D")
@@ -205,6 +243,9 @@ class Conv(_ConvBase):
 
     def weight_spec(self):
         return [("kernel", True, ())] + ([("bias", True, ())] if self.use_bias else [])
+
+    def weight_shapes(self):
+        return [self.kernel_size() + (None, self.filters())] + self._bias_shape(self.filters())
 
     def call(self, x, backend):
         f = getattr(F, f"conv{self.nsp}d")
@@ -228,6 +269,9 @@ class ConvTranspose(_ConvBase):
     def weight_spec(self):
         return [("kernel", True, ())] + ([("bias", True, ())] if self.use_bias else [])
 
+    def weight_shapes(self):
+        return [self.kernel_size() + (self.filters(), None)] + self._bias_shape(self.filters())
+
     def call(self, x, backend):
         f = getattr(F, f"conv{self.nsp}d_transpose")
         return f(x, self.weights["kernel"], self.bias(), strides=self.strides, padding=self.padding,
@@ -247,6 +291,16 @@ class DepthwiseConv(_ConvBase):
         return [("kernel", True, ("depthwise_kernel",))] + \
             ([("bias", True, ())] if self.use_bias else [])
 
+    def weight_shapes(self):
+        dm = self.opt("depth_multiplier", 1)
+        dm = dm if isinstance(dm, int) and not isinstance(dm, bool) else None
+        return [self.kernel_size() + (None, dm)] + self._bias_shape(None)
+
+    def check_weights(self):
+        k = self.weights["kernel"]
+        if self.use_bias and self.weights["bias"].size != k.shape[-2] * k.shape[-1]:
+            self.mismatch(f"bias of shape {self.weights['bias'].shape} does not fit kernel {k.shape}")
+
     def call(self, x, backend):
         f = getattr(F, f"depthwise_conv{self.nsp}d")
         return f(x, self.weights["kernel"], self.bias(), strides=self.strides, padding=self.padding,
@@ -265,6 +319,17 @@ class SeparableConv(_ConvBase):
     def weight_spec(self):
         return [("depthwise_kernel", True, ()), ("pointwise_kernel", True, ())] + \
             ([("bias", True, ())] if self.use_bias else [])
+
+    def weight_shapes(self):
+        dm = self.opt("depth_multiplier", 1)
+        dm = dm if isinstance(dm, int) and not isinstance(dm, bool) else None
+        return [self.kernel_size() + (None, dm), (1,) * self.nsp + (None, self.filters())] + \
+            self._bias_shape(self.filters())
+
+    def check_weights(self):
+        d, p = self.weights["depthwise_kernel"], self.weights["pointwise_kernel"]
+        if p.shape[-2] != d.shape[-2] * d.shape[-1]:
+            self.mismatch(f"pointwise kernel {p.shape} does not fit depthwise kernel {d.shape}")
 
     def call(self, x, backend):
         f = getattr(F, f"separable_conv{self.nsp}d")
@@ -290,11 +355,14 @@ class Dense(Layer):
     def weight_spec(self):
         return [("kernel", True, ())] + ([("bias", True, ())] if self.use_bias else [])
 
+    def weight_shapes(self):
+        u = self.units if isinstance(self.units, int) and not isinstance(self.units, bool) else None
+        return [(None, u)] + ([(u,)] if self.use_bias else [])
+
     def check_weights(self):
         k = self.weights["kernel"]
-        self.kernel64 = k.astype(np.float64)
         if k.ndim != 2 or (self.units is not None and k.shape[1] != self.units):
-            raise ModelFormatError(
+            raise WeightMismatchError(
                 f"layer {self.name!r} (Dense): kernel must be (in, {self.units}); got {k.shape}")
 
     def call(self, x, backend):
@@ -302,10 +370,9 @@ class Dense(Layer):
         if x.shape[-1] != k.shape[0]:
             raise InvalidArgumentError(
                 f"layer {self.name!r} (Dense): expects last axis {k.shape[0]}; got input of shape {x.shape}")
-        # float64 products rounded once: more accurate than float32 BLAS, and each
-        # sample's result does not depend on how many rows the call holds (float32
-        # BLAS picks M-dependent kernels), so batch splitting gives the same output
-        y = np.matmul(x.reshape(-1, k.shape[0]).astype(np.float64), self.kernel64).astype(DTYPE)
+        # float32 like Keras (a float64 copy of VGG16's classifier alone would take 800 MB);
+        # BLAS may pick row-count-dependent kernels, so batch splits agree to rounding only
+        y = np.matmul(x.reshape(-1, k.shape[0]).astype(DTYPE, copy=False), k)
         y = y.reshape(x.shape[:-1] + (k.shape[1],))
         if self.use_bias:
             y += self.weights["bias"]
@@ -389,6 +456,9 @@ class BatchNormalization(Layer):
             [("moving_mean", False, ()), ("moving_variance", False, ())]
 
     def check_weights(self):
+        shapes = {k: v.shape for k, v in self.weights.items()}
+        if len(set(shapes.values())) != 1 or self.weights["moving_mean"].ndim != len(self.axes):
+            self.mismatch(f"the variables' shapes {shapes} differ or do not fit axis={self.axes}")
         # the affine form used at inference: y = x * mul + add, in float64 then rounded once
         w = {k: v.astype(np.float64) for k, v in self.weights.items()}
         inv = 1.0 / np.sqrt(w["moving_variance"] + self.eps)
@@ -425,6 +495,11 @@ class LayerNormalization(Layer):
         return ([("gamma", True, ())] if self.scale else []) + \
             ([("beta", True, ())] if self.center and not self.rms else [])
 
+    def check_weights(self):
+        shapes = {k: v.shape for k, v in self.weights.items()}
+        if len(set(shapes.values())) > 1:
+            self.mismatch(f"gamma and beta have different shapes {shapes}")
+
     def call(self, x, backend):
         axes = _norm_axes(self.axes, x.ndim, self)
         shape = _bshape(x, axes)
@@ -457,10 +532,17 @@ class Normalization(Layer):
                 raise ModelFormatError(f"layer {self.name!r} (Normalization): mean and variance go together")
             self.const = (np.asarray(config["mean"], DTYPE), np.asarray(config["variance"], DTYPE))
 
+    integer_weights = ("count",)
+
     def weight_spec(self):
         if self.const is not None:
             return []
         return [("mean", False, ()), ("variance", False, ()), ("count", False, ())]
+
+    def check_weights(self):
+        if self.weights["mean"].shape != self.weights["variance"].shape:
+            self.mismatch(f"mean {self.weights['mean'].shape} and variance "
+                          f"{self.weights['variance'].shape} differ in shape")
 
     def call(self, x, backend):
         mean, var = self.const if self.const is not None else (self.weights["mean"], self.weights["variance"])
@@ -743,10 +825,77 @@ class Concatenate(Layer):
         return np.concatenate(xs, axis=self.axis)
 
 
+class KerasOp(Layer):
+    """A ``keras.ops`` call recorded in a functional graph (``x + 3.0``, ``x * (1 / 6)``,
+    ``ops.maximum(a, b)``): module ``keras.src.ops.numpy``, arguments tensors or constants.
+
+    Only the fixed table :data:`OPS` is served; the constants are numbers (or small
+    nested lists of numbers) read from the call node.
+    """
+    keras_names = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum",
+                   "Power", "Negative")
+    multi_input = True
+    _FUNCS = {"Add": np.add, "Subtract": np.subtract, "Multiply": np.multiply, "Divide": np.divide,
+              "TrueDivide": np.divide, "Maximum": np.maximum, "Minimum": np.minimum,
+              "Power": np.power, "Negative": np.negative}
+    _ARITY = {"Negative": 1}
+
+    def parse(self, config):
+        self.template = None
+
+    def set_template(self, template, where):
+        """``template``: one entry per positional argument, None for a tensor, else an array."""
+        n = self._ARITY.get(self.class_name, 2)
+        if len(template) != n:
+            raise ModelFormatError(f"{where}: {self.class_name} takes {n} arguments; the call gives {len(template)}")
+        if all(t is not None for t in template):
+            raise UnsupportedLayerError(f"{where}: a {self.class_name} call without any tensor argument")
+        if self.template is not None and not _same_template(self.template, template):
+            raise UnsupportedLayerError(f"{where}: the op is called several times with different constants")
+        self.template = template
+
+    def call(self, xs, backend):
+        it = iter(xs if isinstance(xs, list) else [xs])
+        args = []
+        for t in self.template:
+            if t is None:
+                args.append(next(it))
+            else:
+                args.append(t)
+        dtype = next(a.dtype for a, t in zip(args, self.template) if t is None)
+        args = [a.astype(dtype) if t is not None else a for a, t in zip(args, self.template)]
+        return np.asarray(self._FUNCS[self.class_name](*args), dtype=dtype)
+
+
+def _same_template(a, b):
+    return len(a) == len(b) and all(
+        (x is None and y is None) or (x is not None and y is not None and x.shape == y.shape
+                                      and np.array_equal(x, y)) for x, y in zip(a, b))
+
+
+def op_constant(value, where, max_elements=1 << 16):
+    """A constant argument of an op call: a number or a nested list of numbers -> float array."""
+    def ok(v, depth):
+        if depth > 8:
+            return False
+        if isinstance(v, bool) or isinstance(v, (int, float)):
+            return True
+        return isinstance(v, list) and len(v) <= max_elements and all(ok(u, depth + 1) for u in v)
+    if not ok(value, 0):
+        raise UnsupportedLayerError(f"{where}: a constant argument {str(value)[:80]!r} is not supported "
+                                    f"(only numbers and small lists of numbers)")
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.dtype == object or arr.size > max_elements:
+        raise UnsupportedLayerError(f"{where}: a constant argument of shape {arr.shape} is not supported")
+    return arr
+
+
 # ---------------------------------------------------------------------- the table
 
-#: Layers refused because they would run code from the file.
-CODE_LAYERS = ("Lambda",)
+#: Layers refused because they would run code named or held by the file (Python bytecode,
+#: a TensorFlow function by name, a pickled torch module, a JAX function, a SavedModel path).
+CODE_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda", "TorchModuleWrapper", "JaxLayer", "FlaxLayer",
+               "TFSMLayer")
 
 _CLASSES = (InputLayer, Identity, Conv, ConvTranspose, DepthwiseConv, SeparableConv, Dense, Pool,
             GlobalPool, BatchNormalization, LayerNormalization, Normalization, Rescaling, Activation,
@@ -756,17 +905,79 @@ _CLASSES = (InputLayer, Identity, Conv, ConvTranspose, DepthwiseConv, SeparableC
 #: Keras class name -> implementation (the only lookup ever made from a file's class_name).
 LAYERS = {name: cls for cls in _CLASSES for name in cls.keras_names}
 
+#: ``keras.ops`` operations recorded in functional graphs (module ``keras.src.ops.*``), by class name.
+OPS = {name: KerasOp for name in KerasOp.keras_names}
+
 #: Names accepted for nested models.
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
 
 
 def supported_layers():
-    """Sorted Keras class names the engine can load (layers and nested models).
+    """Sorted Keras class names the engine can load (layers and nested models, plus any
+    layers registered with :func:`register_layer`).
 
     >>> "Conv2D" in supported_layers()
     True
     """
-    return sorted(set(LAYERS) | set(MODEL_CLASSES))
+    return sorted(set(LAYERS) | set(MODEL_CLASSES) | set(_CUSTOM))
+
+
+#: Layers registered by the caller's code (never by a file): name -> Layer subclass.
+_CUSTOM = {}
+
+
+def register_layer(name, cls=None, *, override=False):
+    """Register a layer implementation for class name or registered name ``name``.
+
+    Model files can only name classes; the code that runs them is chosen by the
+    caller. ``cls`` must subclass :class:`fastconv.models.Layer` (override
+    ``parse``, ``weight_spec``, ``call``; set ``multi_input = True`` for a layer
+    taking a list). ``name`` is matched first against an entry's
+    ``registered_name`` (``"my_package>MyLayer"``, what
+    ``keras.saving.register_keras_serializable`` writes), then its
+    ``class_name``. Built-in and code-running names (``Conv2D``, ``Lambda``...)
+    cannot be replaced unless ``override=True``. Usable as a decorator::
+
+        @fastconv.models.register_layer("my_package>Scale")
+        class Scale(fastconv.models.Layer):
+            def parse(self, config):
+                self.factor = float(config["factor"])
+            def call(self, x, backend):
+                return x * self.factor
+
+    Returns ``cls``. :func:`unregister_layer` removes a registration.
+    """
+    if cls is None:
+        return lambda c: register_layer(name, c, override=override)
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"register_layer: argument `name` must be a non-empty str; got {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise InvalidArgumentError(
+            f"register_layer: argument `cls` must be a subclass of fastconv.models.Layer; got {cls!r}")
+    if name in CODE_LAYERS or name.split(">")[-1] in CODE_LAYERS:
+        raise InvalidArgumentError(
+            f"register_layer: {name!r} names a layer that runs code from the file; it is always refused")
+    if not override and (name in LAYERS or name in MODEL_CLASSES or name in OPS):
+        raise InvalidArgumentError(
+            f"register_layer: {name!r} is a built-in Keras class; pass override=True to replace it")
+    _CUSTOM[name] = cls
+    return cls
+
+
+def unregister_layer(name):
+    """Remove a registration made with :func:`register_layer` (no error if absent)."""
+    _CUSTOM.pop(name, None)
+
+
+def custom_layer(class_name, registered_name=None):
+    """The caller-registered implementation for a layer entry, or None."""
+    if not _CUSTOM:
+        return None
+    if isinstance(registered_name, str) and registered_name in _CUSTOM:
+        return _CUSTOM[registered_name]
+    if isinstance(class_name, str):
+        return _CUSTOM.get(class_name)
+    return None
 
 
 def refuse_code(layer_name, class_name):
@@ -776,4 +987,4 @@ def refuse_code(layer_name, class_name):
         f"code from a model file. Replace it with built-in layers and re-export the model.")
 
 
-__all__ = ["Layer", "LAYERS", "supported_layers"]
+__all__ = ["Layer", "LAYERS", "OPS", "supported_layers", "register_layer", "unregister_layer"]

@@ -7,9 +7,9 @@ import numpy as np
 from .. import backends
 from ..errors import InvalidArgumentError, InvalidDTypeError, InvalidShapeError
 from . import _fuse, _io
-from .errors import ModelFormatError, UnsafeModelError, UnsupportedLayerError
-from .layers import (CODE_LAYERS, DTYPE, LAYERS, MODEL_CLASSES, InputLayer, refuse_code,
-                     supported_layers)
+from .errors import LimitExceededError, ModelFormatError, UnsafeModelError, UnsupportedLayerError
+from .layers import (CODE_LAYERS, DTYPE, LAYERS, MODEL_CLASSES, OPS, InputLayer, KerasOp, custom_layer,
+                     op_constant, refuse_code, supported_layers)
 
 _TRUSTED_MODULES = ("keras", "tf_keras", "tensorflow")
 _SERIALIZED_CODE_MARKERS = ("__lambda__", "__python_function__", "__function__")
@@ -17,10 +17,11 @@ _SERIALIZED_CODE_MARKERS = ("__lambda__", "__python_function__", "__function__")
 
 # ---------------------------------------------------------------------- safety
 
-def scan_for_code(obj, where="model", depth=0, limit=200):
+def scan_for_code(obj, where="model", depth=0, limit=_io.DEFAULTS["max_json_depth"]):
     """Refuse any serialized function/bytecode or code-running layer anywhere in a config."""
     if depth > limit:
-        raise ModelFormatError(f"{where}: the configuration is nested deeper than {limit} levels")
+        raise LimitExceededError(f"{where}: the configuration is nested deeper than max_json_depth={limit}",
+                                 limit="max_json_depth", value=limit)
     if isinstance(obj, dict):
         cls = obj.get("class_name")
         if isinstance(cls, str) and (cls in _SERIALIZED_CODE_MARKERS or cls in CODE_LAYERS):
@@ -30,7 +31,8 @@ def scan_for_code(obj, where="model", depth=0, limit=200):
             raise UnsafeModelError(
                 f"{where}: the configuration holds a serialized Python function ({cls!r}); fastconv "
                 f"never deserializes or executes code from a model file")
-        if "function_type" in obj or ("function" in obj and isinstance(obj.get("function"), (list, tuple))):
+        if "function_type" in obj or "output_shape_type" in obj or (
+                "function" in obj and isinstance(obj.get("function"), (list, tuple))):
             raise UnsafeModelError(
                 f"{where}: the configuration holds a serialized Python function (bytecode); fastconv "
                 f"never deserializes or executes code from a model file")
@@ -50,7 +52,7 @@ def _check_origin(entry, name, class_name):
     trusted = module is None or (isinstance(module, str) and (
         module in _TRUSTED_MODULES or module.startswith(tuple(m + "." for m in _TRUSTED_MODULES))))
     custom = not trusted or registered not in (None, "", class_name)
-    if custom:
+    if custom and custom_layer(class_name, registered) is None:
         raise UnsupportedLayerError(
             f"layer {name!r}: class {class_name!r} comes from a custom module/registration "
             f"(module={module!r}, registered_name={registered!r}); custom layers are not supported "
@@ -103,6 +105,38 @@ def _parse_node(node, where):
             keys.append((item[0], item[1], item[2]))
         return keys[0] if len(keys) == 1 else keys
     raise ModelFormatError(f"{where}: bad inbound node {node!r}")
+
+
+def _is_op(entry):
+    """Whether a layer entry is a ``keras.ops`` call of the fixed :data:`OPS` table."""
+    module = entry.get("module")
+    return isinstance(module, str) and module.startswith(("keras.src.ops.", "keras.ops")) \
+        and entry.get("class_name") in OPS
+
+
+def _parse_op_node(layer, node, where):
+    """A Keras 3 call node of a ``keras.ops`` operation: tensor and constant arguments."""
+    if not isinstance(node, dict):
+        raise ModelFormatError(f"{where}: bad inbound node for a {layer.class_name} op")
+    args = node.get("args", [])
+    kwargs = node.get("kwargs", {}) or {}
+    if not isinstance(args, list) or not args:
+        raise ModelFormatError(f"{where}: a call node without arguments")
+    if kwargs:
+        raise UnsupportedLayerError(f"{where}: keyword arguments {sorted(kwargs)[:5]} to a "
+                                    f"{layer.class_name} op are not supported")
+    keys, template = [], []
+    for a in args:
+        if _has_tensor(a):
+            key = _tensor_struct(a, where)
+            if not isinstance(key, tuple):
+                raise UnsupportedLayerError(f"{where}: a nested tensor argument to a {layer.class_name} op")
+            keys.append(key)
+            template.append(None)
+        else:
+            template.append(op_constant(a, where))
+    layer.set_template(template, where)
+    return keys
 
 
 def _io_struct(value, where, single_list_unwrap):
@@ -174,7 +208,8 @@ class Graph:
         self.config = config
         self.counter = counter if counter is not None else [0]
         if depth > limits["max_nesting"]:
-            raise ModelFormatError(f"model {name!r}: models nested deeper than max_nesting={limits['max_nesting']}")
+            raise LimitExceededError(f"model {name!r}: models nested deeper than max_nesting={limits['max_nesting']}",
+                                     limit="max_nesting", value=limits["max_nesting"], actual=depth)
         self.layers = []            # in the model's `layers` order (what the weights follow)
         self.by_name = {}
         self.nodes = []
@@ -200,11 +235,19 @@ class Graph:
             raise ModelFormatError(f"model {self.name!r}: a {cls} layer without a name")
         self.counter[0] += 1
         if self.counter[0] > limits["max_layers"]:
-            raise ModelFormatError(f"the model has more than max_layers={limits['max_layers']} layers")
+            raise LimitExceededError(f"the model has more than max_layers={limits['max_layers']} layers",
+                                     limit="max_layers", value=limits["max_layers"])
         if cls in CODE_LAYERS:
             refuse_code(name, cls)
         _check_origin(entry, name, cls)
-        if cls in MODEL_CLASSES:
+        user = custom_layer(cls, entry.get("registered_name"))
+        if user is not None:
+            layer = user(name, cls, cfg)
+            layer.trainable = cfg.get("trainable", True) is not False
+        elif _is_op(entry):
+            layer = OPS[cls](name, cls, cfg)
+            layer.trainable = True
+        elif cls in MODEL_CLASSES:
             layer = Graph(name, "Sequential" if cls == "Sequential" else "Functional", cfg, limits,
                           depth + 1, self.counter)
             layer.trainable = cfg.get("trainable", True) is not False
@@ -266,6 +309,10 @@ class Graph:
                 self.nodes.append(_Node(layer, 0, None))
                 continue
             for k, node in enumerate(nodes):
+                if isinstance(layer, KerasOp):
+                    inputs = _parse_op_node(layer, node, f"layer {layer.name!r}")
+                    self.nodes.append(_Node(layer, k, inputs))
+                    continue
                 inputs = _parse_node(node, f"layer {layer.name!r}")
                 if not isinstance(layer, Graph) and layer.multi_input != isinstance(inputs, list):
                     raise ModelFormatError(
@@ -396,11 +443,15 @@ class Graph:
             layer.set_weights([d[i] for i in range(len(d))])
 
     # -- running
-    def run(self, feeds, keys, backend):
+    def run(self, feeds, keys, backend, timer=None):
         """Compute ``keys`` given {input layer name: array}; returns {key: array}.
 
         Uses the optimised plan (folded BatchNormalization, fused activations)
-        unless a requested tensor only exists in the original graph."""
+        unless a requested tensor only exists in the original graph. ``timer``,
+        if given, is called as ``timer(step, seconds)`` after each step that
+        runs a layer (``time.perf_counter`` around the call; for Model.profile)."""
+        if timer is not None:
+            from time import perf_counter
         plan = self.plan
         if plan is not self.plain_plan and not all(k in self.fused_keys for k in keys):
             plan = self.plain_plan
@@ -427,11 +478,15 @@ class Graph:
                 values[step.outputs[0]] = feeds[step.layer.name]
                 continue
             args = _rebuild(step.inputs, [values[k] for k in step.input_keys])
+            if timer is not None:
+                t0 = perf_counter()
             if isinstance(step.layer, Graph):
                 for k, v in zip(step.outputs, step.layer.call(args, backend)):
                     values[k] = v
             else:
                 values[step.outputs[0]] = step.layer.call(args, backend)
+            if timer is not None:
+                timer(step, perf_counter() - t0)
             for k in step.input_keys:
                 if last_use.get(k) == i and k not in keep:
                     values.pop(k, None)
@@ -691,6 +746,100 @@ class Model:
 
     __call__ = predict
 
+    # -- accounting (fastconv/models/accounting.py; its docstring states the conventions)
+    def count_params(self):
+        """Number of parameters, as Keras's ``model.count_params()`` counts them (an int).
+
+        See :meth:`param_counts` for the trainable / non-trainable split and per-layer counts.
+        """
+        return self.param_counts().total
+
+    def param_counts(self):
+        """Parameters in total and per layer, trainable and non-trainable, by Keras's rules.
+
+        Counted on the layers as saved (BatchNormalization not folded):
+        BatchNormalization's moving mean and variance and an adapted
+        Normalization's statistics are non-trainable; so is every variable of a
+        layer (or nested model) whose config says ``trainable: false``; the rest
+        is trainable. A shared layer counts once.
+
+        Returns
+        -------
+        fastconv.models.accounting.ParamCounts
+            ``total``, ``trainable``, ``non_trainable`` and ``layers``
+            (``{name: ParamCounts}`` in :attr:`layers` order, nested models recursively).
+        """
+        from . import accounting
+        return accounting.param_counts(self._graph)
+
+    def cost(self, batch_size=1, input_shapes=None):
+        """Cost records of the Keras graph (BatchNormalization unfolded), per layer call and in total.
+
+        Convolutions and pooling are counted by :mod:`fastconv.cost` (MACs in
+        full, taps on zero padding included); Dense counts ``rows x inputs x
+        units`` MACs; BatchNormalization 2 FLOPs per element (scale and shift),
+        activation layers 1 per element; see :mod:`fastconv.models.accounting`.
+
+        Parameters
+        ----------
+        batch_size : int, default 1
+            Samples per call (1: the costs per sample).
+        input_shapes : shape, list or dict of shapes, optional
+            Each input's shape, batch axis first (its value ignored); needed only
+            where the model leaves an axis besides the batch unknown.
+
+        Returns
+        -------
+        fastconv.models.accounting.ModelCost
+            ``records`` (one :class:`LayerCost` per layer call, in execution
+            order), ``total`` (a :class:`fastconv.cost.Cost`), ``by_layer()``.
+        """
+        from . import accounting
+        return accounting.model_cost(self._graph, batch_size, input_shapes)
+
+    def summary(self, print_fn=print, input_shapes=None):
+        """Print a Keras-like table of the layers and return it as a string.
+
+        One row per layer of :attr:`layers`: name (type), output shape, parameters,
+        MACs per sample and share of the model's MACs (Keras graph,
+        BatchNormalization not folded); then the totals
+        ``Total params``, ``Trainable params``, ``Non-trainable params`` (as Keras
+        prints them) and the total MACs and FLOPs.
+
+        Parameters
+        ----------
+        print_fn : callable or None, default print
+            Called with the text; ``None`` prints nothing.
+        input_shapes : optional
+            As in :meth:`cost`.
+        """
+        from . import accounting
+        text = accounting.summary(self, 1, input_shapes)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def profile(self, x, repeat=5, warmup=1, backend="auto"):
+        """Time every step of the execution graph on ``x``.
+
+        Runs the graph ``warmup`` times untimed, then ``repeat`` times with
+        ``time.perf_counter`` around each step; each step's time is the median
+        of its repeats. ``x`` runs as one batch (no splitting). The execution
+        graph is the one :meth:`predict` runs: a step that absorbed folded or
+        fused layers is named after them (``"conv2d_1 (+batch_normalization_1,
+        re_lu_1)"``) and credited with their Keras-graph FLOPs (see :meth:`cost`),
+        from which the achieved GFLOP/s is computed. A nested model is one step.
+
+        Returns
+        -------
+        fastconv.models.accounting.Profile
+            ``records`` (one :class:`ProfileRecord` per executed step: ``name``,
+            ``layers``, ``seconds``, ``macs``, ``flops``, ``gflops``, ``share``
+            of the summed step times) and totals; ``print(result)`` prints a table.
+        """
+        from . import accounting
+        return accounting.profile(self, x, repeat=repeat, warmup=warmup, backend=backend)
+
 
 def keras2_hard_sigmoid(x):
     """Keras 2's ``hard_sigmoid``: ``clip(0.2 * x + 0.5, 0, 1)`` (Keras 3 uses ``relu6(x + 3) / 6``)."""
@@ -708,19 +857,51 @@ def _keras2_semantics(graph):
             layer.activation = keras2_hard_sigmoid
 
 
-DEFAULT_LIMITS = {
-    "max_config_bytes": 64 << 20,
-    "max_weight_bytes": 16 << 30,
-    "max_layers": 100_000,
-    "max_nesting": 32,
-}
+#: The default limits, as a dict (see :class:`fastconv.models.Limits`).
+DEFAULT_LIMITS = dict(_io.DEFAULTS)
 
 
-def load_model(path, weights=None, *, max_config_bytes=DEFAULT_LIMITS["max_config_bytes"],
-               max_weight_bytes=DEFAULT_LIMITS["max_weight_bytes"],
-               max_layers=DEFAULT_LIMITS["max_layers"], max_nesting=DEFAULT_LIMITS["max_nesting"],
-               optimize=True):
+def check_limits(limits, caller):
+    for k, v in limits.items():
+        low = 0 if k == "max_nesting" else 1
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+            raise InvalidArgumentError(
+                f"{caller}: argument `{k}` must be an integer >= {low}; got {v!r}")
+
+
+def build_graph(cfg, limits, caller="load_model"):
+    """The :class:`Graph` of a serialized model (``{"class_name": ..., "config": ...}``), without weights."""
+    with _io.wrap_errors(f"{caller}: the model configuration", ModelFormatError,
+                         "is malformed (a value of the wrong type or range)"):
+        return _build_graph(cfg, limits, caller)
+
+
+def _build_graph(cfg, limits, caller):
+    scan_for_code(cfg, "model", limit=limits.get("max_json_depth", DEFAULT_LIMITS["max_json_depth"]))
+    cls = cfg.get("class_name")
+    if cls in CODE_LAYERS or cls in ("__lambda__",):
+        refuse_code(str(cfg.get("config", {}).get("name", "model")), cls)
+    if cls not in MODEL_CLASSES:
+        raise UnsupportedLayerError(
+            f"{caller}: the file holds a {cls!r}, not a Sequential or Functional model "
+            f"(subclassed models cannot be loaded without their Python code)")
+    inner = cfg["config"]
+    if not isinstance(inner, dict):
+        raise ModelFormatError(f"{caller}: the model config is not a JSON object")
+    _check_origin(cfg, inner.get("name", "model"), cls)
+    graph = Graph(inner.get("name", "model"), "Sequential" if cls == "Sequential" else "Functional",
+                  inner, limits)
+    graph.trainable = True
+    return graph
+
+
+def load_model(path, weights=None, *, limits=None, optimize=True, max_config_bytes=None,
+               max_weight_bytes=None, max_layers=None, max_nesting=None):
     """Load a Keras model saved by Keras 3 (or tf.keras / Keras 2) for inference without TensorFlow.
+
+    Model files are treated as untrusted: nothing in them is imported or
+    executed, nothing outside the given files is read, and sizes are bounded
+    by ``limits`` (see :mod:`fastconv.models._io` for the threat model and checks).
 
     Parameters
     ----------
@@ -731,16 +912,18 @@ def load_model(path, weights=None, *, max_config_bytes=DEFAULT_LIMITS["max_confi
     weights : str or os.PathLike, optional
         A weights file from ``model.save_weights()`` (``.weights.h5``, Keras 3
         layout, or a legacy HDF5 weights file); overrides weights in ``path``.
-    max_config_bytes, max_weight_bytes, max_layers, max_nesting : int
-        Limits on what an (untrusted) file may ask for: size of the architecture
-        JSON, bytes of weights (the whole file and any one array), number of
-        layers, depth of nested models.
+    limits : fastconv.models.Limits, optional
+        Limits on what the (untrusted) files may ask for: file, JSON, weight and
+        archive sizes, parameter count, compression ratio, JSON depth, layers,
+        nesting of models. Default: ``Limits()``.
     optimize : bool, default True
         Fold each BatchNormalization into the convolution or Dense layer before
         it, and fuse a following activation layer into that op, wherever the
         intermediate result has no other consumer and the fold is exact in real
         arithmetic (results then differ from Keras's only by float rounding).
         Asking ``predict`` for such an intermediate output runs the unfused graph.
+    max_config_bytes, max_weight_bytes, max_layers, max_nesting : int, optional
+        Shortcuts overriding the fields of ``limits`` of the same names.
 
     Returns
     -------
@@ -749,9 +932,12 @@ def load_model(path, weights=None, *, max_config_bytes=DEFAULT_LIMITS["max_confi
     Raises
     ------
     ModelFormatError
-        The file is not a model fastconv can read, or is inconsistent.
+        The file is not a model fastconv can read, or is inconsistent; its
+        subclasses say why: UnknownFormatError, CorruptModelError, ArchiveError,
+        LimitExceededError, WeightMismatchError.
     UnsafeModelError
-        The model holds code (a ``Lambda`` layer, serialized functions/bytecode).
+        The model holds code (a ``Lambda`` layer, serialized functions/bytecode),
+        or (UnsafeReferenceError) refers to data outside the file.
         Nothing from a file is ever imported, evaluated or executed.
     UnsupportedLayerError
         A layer class or option the engine does not implement; the message
@@ -767,36 +953,26 @@ def load_model(path, weights=None, *, max_config_bytes=DEFAULT_LIMITS["max_confi
     >>> [l.name for l in m.layers][:3]
     ['conv2d', 'batch_normalization', 'max_pooling2d']
     """
-    limits = {"max_config_bytes": max_config_bytes, "max_weight_bytes": max_weight_bytes,
-              "max_layers": max_layers, "max_nesting": max_nesting}
-    for k, v in limits.items():
-        low = 0 if k == "max_nesting" else 1
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-            raise InvalidArgumentError(
-                f"load_model: argument `{k}` must be an integer >= {low}; got {v!r}")
+    if limits is None:
+        limits = _io.Limits()
+    if not isinstance(limits, _io.Limits):
+        raise InvalidArgumentError(
+            f"load_model: argument `limits` must be a fastconv.models.Limits or None; got {type(limits).__name__}")
+    limits = limits.as_dict()
+    for k, v in (("max_config_bytes", max_config_bytes), ("max_weight_bytes", max_weight_bytes),
+                 ("max_layers", max_layers), ("max_nesting", max_nesting)):
+        if v is not None:
+            limits[k] = v
+    check_limits(limits, "load_model")
     src = _io.read(path, weights, limits)
     try:
-        cfg = src.config
-        scan_for_code(cfg, "model")
-        cls = cfg.get("class_name")
-        if cls in CODE_LAYERS or cls in ("__lambda__",):
-            refuse_code(str(cfg.get("config", {}).get("name", "model")), cls)
-        if cls not in MODEL_CLASSES:
-            raise UnsupportedLayerError(
-                f"load_model: the file holds a {cls!r}, not a Sequential or Functional model "
-                f"(subclassed models cannot be loaded without their Python code)")
-        _check_origin(cfg, cfg["config"].get("name", "model"), cls)
-        inner = cfg["config"]
-        if not isinstance(inner, dict):
-            raise ModelFormatError("load_model: the model config is not a JSON object")
-        graph = Graph(inner.get("name", "model"), "Sequential" if cls == "Sequential" else "Functional",
-                      inner, limits)
-        graph.trainable = True
-        graph.load_weights(src.store, src.store.top(), limits)
+        graph = build_graph(src.config, limits)
+        with _io.wrap_errors(f"load_model: {str(path)!r}"):
+            graph.load_weights(src.store, src.store.top(), limits)
         if src.store.keras_version[:2] in ("1.", "2."):
             _keras2_semantics(graph)
         graph.make_plans(bool(optimize))
     finally:
         for f in src.files:
-            f.close()
+            _io._close(f)
     return Model(graph, source=str(path))
