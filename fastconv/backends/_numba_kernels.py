@@ -121,15 +121,21 @@ def epilogue(y, bias, has_bias, code):
 
 
 @njit(cache=True, inline="always")
-def finish_pixel(dst, bias, has_bias, code):
-    """Bias and activation on one output pixel's channels, while they are in L1."""
+def finish_pixel(dst, bias, has_bias, code, zero):
+    """Bias and activation on one output pixel's channels, while they are in L1
+    (ReLU and ReLU6 in one pass, with ``zero`` typed like the data, as in :func:`epilogue`)."""
+    if code == 1 or code == 2:
+        six = zero + np.float32(6)
+        top = six if code == 2 else zero
+        for c in range(dst.shape[0]):
+            v = dst[c] + bias[c] if has_bias else dst[c]
+            v = max(v, zero)
+            dst[c] = min(v, top) if code == 2 else v
+        return
     if has_bias:
         for c in range(dst.shape[0]):
             dst[c] += bias[c]
-    if code == 1:
-        for c in range(dst.shape[0]):
-            dst[c] = max(dst[c], 0)
-    elif code != 0:
+    if code != 0:
         for c in range(dst.shape[0]):
             dst[c] = activate(dst[c], code)
 
@@ -265,6 +271,7 @@ def depthwise(x, w, w9, y, strides, dilation, before, bias, has_bias, code):
     KD, KH, KW, _, M = w.shape
     _, OD, OH, OW, CM = y.shape
     fast3 = KD == 1 and KH == 3 and KW == 3 and M == 1
+    zero = np.zeros(1, y.dtype)[0]
     for row in prange(N * OD * OH):
         n = row // (OD * OH)
         od = (row // OH) % OD
@@ -289,7 +296,7 @@ def depthwise(x, w, w9, y, strides, dilation, before, bias, has_bias, code):
                     dst[c] = (a0[c] * k0[c] + a1[c] * k1[c] + a2[c] * k2[c]
                               + b0[c] * k3[c] + b1[c] * k4[c] + b2[c] * k5[c]
                               + c0[c] * k6[c] + c1[c] * k7[c] + c2[c] * k8[c])
-                finish_pixel(dst, bias, has_bias, code)
+                finish_pixel(dst, bias, has_bias, code, zero)
                 continue
             for j in range(CM):
                 dst[j] = 0
@@ -316,7 +323,7 @@ def depthwise(x, w, w9, y, strides, dilation, before, bias, has_bias, code):
                                 v = src[c]
                                 for m in range(M):
                                     dst[c * M + m] += v * wt[c, m]
-            finish_pixel(dst, bias, has_bias, code)
+            finish_pixel(dst, bias, has_bias, code, zero)
 
 
 @njit(parallel=True, cache=True)
@@ -327,6 +334,7 @@ def grouped_direct(x, w, y, strides, dilation, before, groups, bias, has_bias, c
     KD, KH, KW, Cg, F = w.shape
     Fg = F // groups
     _, OD, OH, OW, _ = y.shape
+    zero = np.zeros(1, y.dtype)[0]
     for row in prange(N * OD * OH):
         n = row // (OD * OH)
         od = (row // OH) % OD
@@ -355,7 +363,7 @@ def grouped_direct(x, w, y, strides, dilation, before, groups, bias, has_bias, c
                                 wr = wt[j]
                                 for fo in range(g * Fg, g * Fg + Fg):
                                     dst[fo] += v * wr[fo]
-            finish_pixel(dst, bias, has_bias, code)
+            finish_pixel(dst, bias, has_bias, code, zero)
 
 
 @njit(parallel=True, cache=True)
