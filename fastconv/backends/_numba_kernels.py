@@ -262,20 +262,47 @@ def pack_pixels(x, cols, pixels, out_shape, strides, dilation, before, ksize):
                     k += C
 
 
+@njit(cache=True, inline="always")
+def window_taps(od, oh, ow, in_shape, ksize, strides, dilation, before, taps):
+    """The taps of output pixel (od, oh, ow)'s window that fall inside the input:
+    fills ``taps[t] = (d, h, w, tap index)`` and returns how many there are."""
+    nt = 0
+    for kd in range(ksize[0]):
+        i_d = od * strides[0] - before[0] + kd * dilation[0]
+        if i_d < 0 or i_d >= in_shape[0]:
+            continue
+        for kh in range(ksize[1]):
+            i_h = oh * strides[1] - before[1] + kh * dilation[1]
+            if i_h < 0 or i_h >= in_shape[1]:
+                continue
+            for kw in range(ksize[2]):
+                i_w = ow * strides[2] - before[2] + kw * dilation[2]
+                if i_w < 0 or i_w >= in_shape[2]:
+                    continue
+                taps[nt, 0] = i_d
+                taps[nt, 1] = i_h
+                taps[nt, 2] = i_w
+                taps[nt, 3] = (kd * ksize[1] + kh) * ksize[2] + kw
+                nt += 1
+    return nt
+
+
 @njit(parallel=True, cache=True, fastmath={"contract"})
-def depthwise(x, w, w9, y, strides, dilation, before, bias, has_bias, code):
+def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
     """Depthwise convolution, direct: ``y[.., c*M + m] = sum_tap x[.., c] * w[tap, c, m]``,
-    vectorised along channels; one thread per output row.  ``w9`` is ``w`` as
-    (taps, C * M), the rows the 3x3 fast path reads."""
+    vectorised along channels; one thread per output row.  ``wt`` is the kernel as
+    contiguous (taps, C * M) rows."""
     N, D, H, W, C = x.shape
-    KD, KH, KW, _, M = w.shape
+    M = wt.shape[1] // C
     _, OD, OH, OW, CM = y.shape
-    fast3 = KD == 1 and KH == 3 and KW == 3 and M == 1
+    in_shape = (D, H, W)
+    fast3 = ksize[0] == 1 and ksize[1] == 3 and ksize[2] == 3 and M == 1
     zero = np.zeros(1, y.dtype)[0]
     for row in prange(N * OD * OH):
         n = row // (OD * OH)
         od = (row // OH) % OD
         oh = row % OH
+        taps = np.empty((wt.shape[0], 4), np.int64)
         i_d = od * strides[0] - before[0]
         h0 = oh * strides[1] - before[1]
         h2 = h0 + 2 * dilation[1]
@@ -291,7 +318,7 @@ def depthwise(x, w, w9, y, strides, dilation, before, bias, has_bias, code):
                 a0, a1, a2 = x[n, i_d, h0, w0], x[n, i_d, h0, w1], x[n, i_d, h0, w2]
                 b0, b1, b2 = x[n, i_d, h1, w0], x[n, i_d, h1, w1], x[n, i_d, h1, w2]
                 c0, c1, c2 = x[n, i_d, h2, w0], x[n, i_d, h2, w1], x[n, i_d, h2, w2]
-                k0, k1, k2, k3, k4, k5, k6, k7, k8 = w9[0], w9[1], w9[2], w9[3], w9[4], w9[5], w9[6], w9[7], w9[8]
+                k0, k1, k2, k3, k4, k5, k6, k7, k8 = wt[0], wt[1], wt[2], wt[3], wt[4], wt[5], wt[6], wt[7], wt[8]
                 for c in range(C):
                     dst[c] = (a0[c] * k0[c] + a1[c] * k1[c] + a2[c] * k2[c]
                               + b0[c] * k3[c] + b1[c] * k4[c] + b2[c] * k5[c]
@@ -300,141 +327,106 @@ def depthwise(x, w, w9, y, strides, dilation, before, bias, has_bias, code):
                 continue
             for j in range(CM):
                 dst[j] = 0
-            for kd in range(KD):
-                i_d = od * strides[0] - before[0] + kd * dilation[0]
-                if i_d < 0 or i_d >= D:
-                    continue
-                for kh in range(KH):
-                    i_h = oh * strides[1] - before[1] + kh * dilation[1]
-                    if i_h < 0 or i_h >= H:
-                        continue
-                    for kw in range(KW):
-                        i_w = ow * strides[2] - before[2] + kw * dilation[2]
-                        if i_w < 0 or i_w >= W:
-                            continue
-                        src = x[n, i_d, i_h, i_w]
-                        wt = w[kd, kh, kw]
-                        if M == 1:
-                            wv = wt[:, 0]
-                            for c in range(C):
-                                dst[c] += src[c] * wv[c]
-                        else:
-                            for c in range(C):
-                                v = src[c]
-                                for m in range(M):
-                                    dst[c * M + m] += v * wt[c, m]
+            for t in range(window_taps(od, oh, ow, in_shape, ksize, strides, dilation, before, taps)):
+                src = x[n, taps[t, 0], taps[t, 1], taps[t, 2]]
+                wc = wt[taps[t, 3]]
+                if M == 1:
+                    for c in range(C):
+                        dst[c] += src[c] * wc[c]
+                else:
+                    for c in range(C):
+                        v = src[c]
+                        for m in range(M):
+                            dst[c * M + m] += v * wc[c * M + m]
             finish_pixel(dst, bias, has_bias, code, zero)
 
 
 @njit(parallel=True, cache=True)
-def grouped_direct(x, w, y, strides, dilation, before, groups, bias, has_bias, code):
+def grouped_direct(x, wt, y, strides, dilation, before, ksize, groups, bias, has_bias, code):
     """Grouped convolution with few channels per group, direct: each group's small
-    (Cg x Fg) matrix is applied in place, no copies of the groups."""
+    (Cg x Fg) matrix is applied in place, no copies of the groups.  ``wt`` is the
+    kernel as (taps, Cg, F)."""
     N, D, H, W, C = x.shape
-    KD, KH, KW, Cg, F = w.shape
+    _, Cg, F = wt.shape
     Fg = F // groups
     _, OD, OH, OW, _ = y.shape
+    in_shape = (D, H, W)
     zero = np.zeros(1, y.dtype)[0]
     for row in prange(N * OD * OH):
         n = row // (OD * OH)
         od = (row // OH) % OD
         oh = row % OH
+        taps = np.empty((wt.shape[0], 4), np.int64)
         for ow in range(OW):
             dst = y[n, od, oh, ow]
             for f in range(F):
                 dst[f] = 0
-            for kd in range(KD):
-                i_d = od * strides[0] - before[0] + kd * dilation[0]
-                if i_d < 0 or i_d >= D:
-                    continue
-                for kh in range(KH):
-                    i_h = oh * strides[1] - before[1] + kh * dilation[1]
-                    if i_h < 0 or i_h >= H:
-                        continue
-                    for kw in range(KW):
-                        i_w = ow * strides[2] - before[2] + kw * dilation[2]
-                        if i_w < 0 or i_w >= W:
-                            continue
-                        src = x[n, i_d, i_h, i_w]
-                        wt = w[kd, kh, kw]
-                        for g in range(groups):
-                            for j in range(Cg):
-                                v = src[g * Cg + j]
-                                wr = wt[j]
-                                for fo in range(g * Fg, g * Fg + Fg):
-                                    dst[fo] += v * wr[fo]
+            for t in range(window_taps(od, oh, ow, in_shape, ksize, strides, dilation, before, taps)):
+                src = x[n, taps[t, 0], taps[t, 1], taps[t, 2]]
+                wc = wt[taps[t, 3]]
+                for g in range(groups):
+                    for j in range(Cg):
+                        v = src[g * Cg + j]
+                        wr = wc[j]
+                        for fo in range(g * Fg, g * Fg + Fg):
+                            dst[fo] += v * wr[fo]
             finish_pixel(dst, bias, has_bias, code, zero)
 
 
-@njit(parallel=True, cache=True)
-def max_pool(x, y, pool, strides, before):
-    """Max over each window, padded positions skipped, NaN propagating."""
-    N, D, H, W, C = x.shape
-    _, OD, OH, OW, _ = y.shape
-    for row in prange(N * OD * OH):
-        n = row // (OD * OH)
-        od = (row // OH) % OD
-        oh = row % OH
-        for ow in range(OW):
-            dst = y[n, od, oh, ow]
-            first = True
-            for kd in range(pool[0]):
-                i_d = od * strides[0] - before[0] + kd
-                if i_d < 0 or i_d >= D:
-                    continue
-                for kh in range(pool[1]):
-                    i_h = oh * strides[1] - before[1] + kh
-                    if i_h < 0 or i_h >= H:
+def _make_pool(is_max):
+    """Max (padded positions never win, NaN propagates) or mean over the real (unpadded)
+    elements of each window; one thread per output row, vectorised along channels.
+    One source, compiled once per kind (``is_max`` is a compile-time constant)."""
+
+    @njit(parallel=True, cache=True)
+    def pool(x, y, ksize, strides, before):
+        N, D, H, W, C = x.shape
+        _, OD, OH, OW, _ = y.shape
+        for row in prange(N * OD * OH):
+            n = row // (OD * OH)
+            od = (row // OH) % OD
+            oh = row % OH
+            for ow in range(OW):
+                dst = y[n, od, oh, ow]
+                count = 0
+                if not is_max:
+                    for c in range(C):
+                        dst[c] = 0
+                for kd in range(ksize[0]):
+                    i_d = od * strides[0] - before[0] + kd
+                    if i_d < 0 or i_d >= D:
                         continue
-                    for kw in range(pool[2]):
-                        i_w = ow * strides[2] - before[2] + kw
-                        if i_w < 0 or i_w >= W:
+                    for kh in range(ksize[1]):
+                        i_h = oh * strides[1] - before[1] + kh
+                        if i_h < 0 or i_h >= H:
                             continue
-                        src = x[n, i_d, i_h, i_w]
-                        if first:
-                            for c in range(C):
-                                dst[c] = src[c]
-                            first = False
-                        else:
-                            for c in range(C):
-                                v = src[c]
-                                if v > dst[c] or v != v:
-                                    dst[c] = v
+                        for kw in range(ksize[2]):
+                            i_w = ow * strides[2] - before[2] + kw
+                            if i_w < 0 or i_w >= W:
+                                continue
+                            src = x[n, i_d, i_h, i_w]
+                            if not is_max:
+                                for c in range(C):
+                                    dst[c] += src[c]
+                            elif count == 0:
+                                for c in range(C):
+                                    dst[c] = src[c]
+                            else:
+                                for c in range(C):
+                                    v = src[c]
+                                    if v > dst[c] or v != v:
+                                        dst[c] = v
+                            count += 1
+                if not is_max:
+                    inv = 1.0 / count
+                    for c in range(C):
+                        dst[c] *= inv
+
+    return pool
 
 
-@njit(parallel=True, cache=True)
-def avg_pool(x, y, pool, strides, before):
-    """Mean over the real (unpadded) elements of each window."""
-    N, D, H, W, C = x.shape
-    _, OD, OH, OW, _ = y.shape
-    for row in prange(N * OD * OH):
-        n = row // (OD * OH)
-        od = (row // OH) % OD
-        oh = row % OH
-        for ow in range(OW):
-            dst = y[n, od, oh, ow]
-            for c in range(C):
-                dst[c] = 0
-            count = 0
-            for kd in range(pool[0]):
-                i_d = od * strides[0] - before[0] + kd
-                if i_d < 0 or i_d >= D:
-                    continue
-                for kh in range(pool[1]):
-                    i_h = oh * strides[1] - before[1] + kh
-                    if i_h < 0 or i_h >= H:
-                        continue
-                    for kw in range(pool[2]):
-                        i_w = ow * strides[2] - before[2] + kw
-                        if i_w < 0 or i_w >= W:
-                            continue
-                        src = x[n, i_d, i_h, i_w]
-                        count += 1
-                        for c in range(C):
-                            dst[c] += src[c]
-            inv = 1.0 / count
-            for c in range(C):
-                dst[c] *= inv
+max_pool = _make_pool(True)
+avg_pool = _make_pool(False)
 
 
 @njit(parallel=True, cache=True)

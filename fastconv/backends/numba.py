@@ -208,7 +208,8 @@ def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
         # measured 6x faster than the direct loop for 32 groups of 4), else direct loops.
         merge = -(-_GROUP_GEMM_MIN // cg)
         if groups % merge or merge * cg > 4 * _GROUP_GEMM_MIN:
-            K.grouped_direct(x, w, y, strides, dilation, before, groups, bias, has_bias, code)
+            K.grouped_direct(x, w.reshape(-1, cg, f), y, strides, dilation, before, w.shape[:3], groups,
+                             bias, has_bias, code)
             return y
         taps = w.shape[:3]
         blocks = np.zeros((groups // merge,) + taps + (merge * cg, merge * fg), x.dtype)
@@ -296,7 +297,8 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
     cm = w.shape[3] * w.shape[4]
     y = np.empty((x.shape[0],) + tuple(out_shape) + (cm,), x.dtype)
     bias, has_bias, code = _fused(b, activation, x.dtype, cm)
-    K.depthwise(x, w, w.reshape(-1, cm), y, strides, dilation, tuple(p[0] for p in pads), bias, has_bias, code)
+    K.depthwise(x, w.reshape(-1, cm), y, strides, dilation, tuple(p[0] for p in pads),
+                w.shape[:3], bias, has_bias, code)
     return y
 
 
