@@ -45,6 +45,8 @@ K2 = np.zeros((3, 3, 4, 8), np.float32)
     (lambda: fastconv.conv2d(X2, K2, strides=(1, 1, 1)), errors.InvalidArgumentError, r"tuple of 2"),
     (lambda: fastconv.conv2d(X2, K2, strides=1.5), errors.InvalidArgumentError, r"`strides`.*1.5"),
     (lambda: fastconv.conv2d(X2, K2, dilation_rate=0), errors.InvalidArgumentError, r"`dilation_rate`"),
+    (lambda: fastconv.conv2d(X2, K2, dilation_rate=10 ** 30, padding="same"), errors.InvalidArgumentError,
+     r"`dilation_rate` must be below 2\*\*31"),
     (lambda: fastconv.max_pool2d(X2, pool_size=0), errors.InvalidArgumentError, r"`pool_size`"),
     (lambda: fastconv.avg_pool1d(np.zeros((1, 5, 2)), 2, strides=-1), errors.InvalidArgumentError,
      r"avg_pool1d: argument `strides`"),

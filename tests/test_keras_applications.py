@@ -99,10 +99,61 @@ def test_keras_ops_calls_with_constants(tmp_path):
             z.writestr(n, json.dumps(cfg) if n == "config.json" else d)
     m = fastconv.load_model(path)
     x = np.random.default_rng(1).random((3, 16, 16, 3), np.float32)
-    f = m.predict(x, outputs="flatten")
+    f = m.predict(x, outputs="flatten", backend="reference")
     want = -np.maximum(((f + np.float32(3)) * np.float32(1 / 6) - f) / np.float32(2), 0)
-    got = m.predict(x, outputs="neg_op")
+    got = m.predict(x, outputs="neg_op", backend="reference")
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     e = np.exp(want - want.max(-1, keepdims=True))
-    np.testing.assert_allclose(m.predict(x), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(m.predict(x, backend="reference"), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
+def test_numpy_constants_padding_tuples_reshape_minus_one(tmp_path):
+    """Rescaling with per-channel arrays (saved by Keras 3 as ``__numpy__`` objects), ZeroPadding2D /
+    Cropping2D with per-side tuples, Reshape with -1 and hard_silu, as Keras 3.15 saves them."""
+    import json
+    import zipfile
+
+    import h5py
+    import numpy as np
+
+    import fastconv
+
+    def kt(layer, shape):
+        return {"class_name": "__keras_tensor__",
+                "config": {"shape": shape, "dtype": "float32", "keras_history": [layer, 0, 0]}}
+
+    def entry(cls, name, cfg, src, shape):
+        return {"module": "keras.layers", "class_name": cls, "registered_name": None, "name": name,
+                "config": {"name": name, "trainable": True, **cfg},
+                "inbound_nodes": [{"args": [kt(src, shape)], "kwargs": {}}]}
+
+    npy = lambda v: {"class_name": "__numpy__", "config": {"value": v, "dtype": "float32"}}  # noqa: E731
+    layers = [
+        {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None, "name": "x",
+         "config": {"batch_shape": [None, 4, 4, 3], "dtype": "float32", "name": "x"}, "inbound_nodes": []},
+        entry("Rescaling", "rescaling", {"scale": npy([1 / 255, 2 / 255, 3 / 255]), "offset": npy([-1.0, 0.0, 1.0])},
+              "x", [None, 4, 4, 3]),
+        entry("ZeroPadding2D", "pad", {"padding": [[1, 2], [0, 1]], "data_format": "channels_last"},
+              "rescaling", [None, 4, 4, 3]),
+        entry("Cropping2D", "crop", {"cropping": [[1, 0], [0, 1]], "data_format": "channels_last"},
+              "pad", [None, 7, 5, 3]),
+        entry("Reshape", "reshape", {"target_shape": [-1, 3]}, "crop", [None, 6, 4, 3]),
+        entry("Activation", "act", {"activation": "hard_silu"}, "reshape", [None, 24, 3]),
+    ]
+    cfg = {"module": "keras", "class_name": "Functional", "registered_name": "Functional",
+           "config": {"name": "m", "trainable": True, "layers": layers,
+                      "input_layers": [["x", 0, 0]], "output_layers": [["act", 0, 0]]}}
+    weights = tmp_path / "w.h5"
+    with h5py.File(weights, "w") as f:
+        f.create_group("layers")
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", json.dumps(cfg))
+        z.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
+        z.writestr("model.weights.h5", weights.read_bytes())
+    x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype(np.float32)
+    y = x * np.array([1 / 255, 2 / 255, 3 / 255], np.float32) + np.array([-1, 0, 1], np.float32)
+    y = np.pad(y, ((0, 0), (1, 2), (0, 1), (0, 0)))[:, 1:, :-1].reshape(2, -1, 3)
+    y = y * np.clip(y + 3, 0, 6) / 6
+    np.testing.assert_allclose(fastconv.load_model(path).predict(x, backend="reference"), y, rtol=1e-6, atol=1e-6)

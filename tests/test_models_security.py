@@ -297,8 +297,8 @@ def test_custom_layers_are_registered_in_code_only(tmp_path):
         assert "my_package>Scale" in fastconv.models.supported_layers()
         m = fastconv.load_model(path)
         base = fastconv.load_model(fixture("mobilenet_like.keras"))
-        np.testing.assert_allclose(m.predict(x, outputs="scale"), 2 * base.predict(x, outputs="flatten"),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(m.predict(x, outputs="scale", backend="reference"),
+                                   2 * base.predict(x, outputs="flatten", backend="reference"), rtol=1e-6)
     finally:
         fastconv.models.unregister_layer("my_package>Scale")
     raises_exactly(UnsupportedLayerError, fastconv.load_model, path)
@@ -674,7 +674,7 @@ def _mutate_member(data, member, kind, pos, val, n):
     return buf.getvalue()
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, database=None,
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(FUZZ_FILES),
        kind=st.sampled_from(["flip", "truncate", "insert", "member"]),
@@ -701,3 +701,54 @@ def test_fuzzed_files_give_only_fastconv_errors(name, kind, member, member_kind,
         except (ModelFormatError, UnsupportedLayerError):
             pass
         assert time.perf_counter() - t0 < 10
+
+
+_CONFIGS = {name: keras_config(name) for name in ("sign_mnist", "mobilenet_like", "misc_layers")}
+_ODD_VALUES = [None, -1, 0, 7, 10**30, 1e308, -0.5, "x", "same", "channels_first", [], {}, [1], [-1, 2],
+               [[1, 2], [3, 4]], True, {"class_name": "x"}, {"class_name": "__numpy__", "config": {}}]
+
+
+def _json_paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _json_paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _json_paths(v, prefix + (i,))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(_CONFIGS)), picks=st.lists(st.tuples(st.integers(0, 1 << 20),
+                                                                        st.sampled_from(range(len(_ODD_VALUES)))),
+                                                              min_size=1, max_size=3))
+def test_fuzzed_configs_give_only_fastconv_errors(name, picks):
+    """Values anywhere in a layer's config replaced by values of the wrong type or range."""
+    cfg = copy.deepcopy(_CONFIGS[name])
+    for where, which in picks:
+        paths = [p for p in _json_paths(cfg) if "layers" in p and len(p) > 3]
+        target = paths[where % len(paths)]
+        node = cfg
+        for k in target[:-1]:
+            node = node[k]
+        node[target[-1]] = copy.deepcopy(_ODD_VALUES[which])
+    members = members_of(name)
+    members["config.json"] = json.dumps(cfg).encode()
+    with tempfile.TemporaryDirectory() as d:
+        p = write_zip(os.path.join(d, "m.keras"), list(members.items()))
+        t0 = time.perf_counter()
+        try:
+            fastconv.load_model(p)
+        except (ModelFormatError, UnsupportedLayerError):
+            pass
+        assert time.perf_counter() - t0 < 10
+
+
+def test_inconsistent_graph_fails_at_predict_with_a_fastconv_error(tmp_path):
+    cfg = keras_config("mobilenet_like")
+    add = layer_entry(cfg, "add")
+    add["inbound_nodes"][0]["args"][0][1]["config"]["keras_history"] = ["input_layer", 0, 0]
+    m = fastconv.load_model(write_keras(tmp_path, cfg))
+    with pytest.raises(InvalidArgumentError, match="'add' \\(Add\\)"):
+        m.predict(np.zeros((1, 16, 16, 3), np.float32), backend="reference")

@@ -140,48 +140,58 @@ def finish_pixel(dst, bias, has_bias, code, zero):
             dst[c] = activate(dst[c], code)
 
 
-@njit(cache=True)
-def pack_patches(x, cols, m0, out_shape, strides, dilation, before, ksize):
-    """im2col for rows ``m0 .. m0 + len(cols)`` of the output: ``cols[r]`` gets the
-    receptive field of output pixel ``m0 + r`` as (KD, KH, KW, C), zeros where padded."""
-    n_rows, k_all = cols.shape
+@njit(cache=True, inline="always")
+def pack_pixel(x, dst, m, out_shape, strides, dilation, before, ksize):
+    """im2col of one output pixel ``m`` (flat index): its receptive field as
+    (KD, KH, KW, C) into ``dst``, zeros where the window is in the padding."""
     _, D, H, W, C = x.shape
     OD, OH, OW = out_shape
     KD, KH, KW = ksize
-    for r in range(n_rows):
-        m = m0 + r
-        ow = m % OW
-        t = m // OW
-        oh = t % OH
-        t //= OH
-        od = t % OD
-        n = t // OD
-        dst = cols[r]
-        k = 0
-        w0 = ow * strides[2] - before[2]
-        row_inside = dilation[2] == 1 and w0 >= 0 and w0 + KW <= W
-        for kd in range(KD):
-            i_d = od * strides[0] - before[0] + kd * dilation[0]
-            for kh in range(KH):
-                i_h = oh * strides[1] - before[1] + kh * dilation[1]
-                if row_inside and 0 <= i_d < D and 0 <= i_h < H:
-                    # the KW taps of this kernel row, all inside the input row
-                    src = x[n, i_d, i_h]
-                    for kw in range(KW):
-                        for c in range(C):
-                            dst[k + c] = src[w0 + kw, c]
-                        k += C
-                    continue
+    ow = m % OW
+    t = m // OW
+    oh = t % OH
+    t //= OH
+    od = t % OD
+    n = t // OD
+    k = 0
+    w0 = ow * strides[2] - before[2]
+    row_inside = dilation[2] == 1 and w0 >= 0 and w0 + KW <= W
+    for kd in range(KD):
+        i_d = od * strides[0] - before[0] + kd * dilation[0]
+        for kh in range(KH):
+            i_h = oh * strides[1] - before[1] + kh * dilation[1]
+            if row_inside and 0 <= i_d < D and 0 <= i_h < H:
+                # the KW taps of this kernel row, all inside the input row
+                src = x[n, i_d, i_h]
                 for kw in range(KW):
-                    i_w = ow * strides[2] - before[2] + kw * dilation[2]
-                    if 0 <= i_d < D and 0 <= i_h < H and 0 <= i_w < W:
-                        src = x[n, i_d, i_h, i_w]
-                        for c in range(C):
-                            dst[k + c] = src[c]
-                    else:
-                        for c in range(C):
-                            dst[k + c] = 0
+                    for c in range(C):
+                        dst[k + c] = src[w0 + kw, c]
                     k += C
+                continue
+            for kw in range(KW):
+                i_w = w0 + kw * dilation[2]
+                if 0 <= i_d < D and 0 <= i_h < H and 0 <= i_w < W:
+                    src = x[n, i_d, i_h, i_w]
+                    for c in range(C):
+                        dst[k + c] = src[c]
+                else:
+                    for c in range(C):
+                        dst[k + c] = 0
+                k += C
+
+
+@njit(cache=True)
+def pack_patches(x, cols, m0, out_shape, strides, dilation, before, ksize):
+    """im2col for output pixels ``m0 .. m0 + len(cols)``: ``cols[r]`` is pixel ``m0 + r``'s patch."""
+    for r in range(cols.shape[0]):
+        pack_pixel(x, cols[r], m0 + r, out_shape, strides, dilation, before, ksize)
+
+
+@njit(cache=True)
+def pack_pixels(x, cols, pixels, out_shape, strides, dilation, before, ksize):
+    """im2col for an explicit list of output pixel indices."""
+    for r in range(pixels.shape[0]):
+        pack_pixel(x, cols[r], pixels[r], out_shape, strides, dilation, before, ksize)
 
 
 @njit(cache=True)
@@ -227,39 +237,6 @@ def pack_patches_t(x, cols_t, row0, out_shape, strides, dilation, before, ksize)
                 dst[base + ow] = src[ow * s + off, c]
             for ow in range(hi, OW):
                 dst[base + ow] = 0
-
-
-@njit(cache=True)
-def pack_pixels(x, cols, pixels, out_shape, strides, dilation, before, ksize):
-    """Like :func:`pack_patches` for an explicit list of output pixel indices."""
-    n_rows = pixels.shape[0]
-    _, D, H, W, C = x.shape
-    OD, OH, OW = out_shape
-    KD, KH, KW = ksize
-    for r in range(n_rows):
-        m = pixels[r]
-        ow = m % OW
-        t = m // OW
-        oh = t % OH
-        t //= OH
-        od = t % OD
-        n = t // OD
-        dst = cols[r]
-        k = 0
-        for kd in range(KD):
-            i_d = od * strides[0] - before[0] + kd * dilation[0]
-            for kh in range(KH):
-                i_h = oh * strides[1] - before[1] + kh * dilation[1]
-                for kw in range(KW):
-                    i_w = ow * strides[2] - before[2] + kw * dilation[2]
-                    if 0 <= i_d < D and 0 <= i_h < H and 0 <= i_w < W:
-                        src = x[n, i_d, i_h, i_w]
-                        for c in range(C):
-                            dst[k + c] = src[c]
-                    else:
-                        for c in range(C):
-                            dst[k + c] = 0
-                    k += C
 
 
 @njit(cache=True, inline="always")

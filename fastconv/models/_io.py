@@ -95,8 +95,9 @@ class Limits:
 
     Every field is an integer; pass a :class:`Limits` as ``load_model(path,
     limits=Limits(max_params=10**9))``. The defaults admit every Keras
-    Application (VGG16's 138 M parameters, NASNetLarge's 2 MB config) with room
-    to spare while keeping the worst case of a hostile file to a few GiB.
+    Application (VGG16's 138 M parameters, configs under 1 MB, JSON depth under
+    20) with room to spare while keeping the worst case of a hostile file to a
+    few GiB.
 
     Attributes
     ----------

@@ -148,14 +148,33 @@ def apply_activation(name, x, owned=False):
     return np.asarray(activations.get(name)(x), dtype=x.dtype)
 
 
+def config_array(value, layer, key, max_elements=1 << 20):
+    """A numeric constant from a layer config -> float32 array: a number, a (nested) list of
+    numbers, or Keras 3's ``{"class_name": "__numpy__", "config": {"value": ..., "dtype": ...}}``."""
+    if isinstance(value, dict) and value.get("class_name") == "__numpy__" \
+            and isinstance(value.get("config"), dict):
+        value = value["config"].get("value")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.size > max_elements:
+        raise ModelFormatError(
+            f"layer {layer.name!r} ({layer.class_name}): `{key}` must be a number or an array of numbers; "
+            f"got {str(value)[:80]}")
+    return arr.astype(DTYPE)
+
+
 def _tuple(value, n, layer, key):
-    if isinstance(value, int) and not isinstance(value, bool):
+    # ints in [0, 2**31): anything larger is no real layer, and would overflow the kernels' C integers
+    ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << 31)  # noqa: E731
+    if ok(value):
         return (value,) * n
-    if isinstance(value, (list, tuple)) and len(value) == n and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if isinstance(value, (list, tuple)) and len(value) == n and all(ok(v) for v in value):
         return tuple(value)
     raise ModelFormatError(
-        f"layer {layer.name!r} ({layer.class_name}): `{key}` must be an int or {n} ints; got {value!r}")
+        f"layer {layer.name!r} ({layer.class_name}): `{key}` must be an int or {n} ints in [0, 2**31); "
+        f"got {str(value)[:80]}")
 
 
 def _data_format(layer):
@@ -177,8 +196,8 @@ class InputLayer(Layer):
         if shape is None:  # an unbuilt Sequential's input: any shape is let through
             self.batch_shape = None
             return
-        if not isinstance(shape, (list, tuple)) or not shape or not all(
-                d is None or (isinstance(d, int) and d >= 0) for d in shape):
+        if not isinstance(shape, (list, tuple)) or not shape or len(shape) > 32 or not all(
+                d is None or _count(d) for d in shape):
             raise ModelFormatError(f"input {self.name!r}: bad batch_shape {shape!r}")
         self.batch_shape = tuple(shape)
         if config.get("sparse") or config.get("ragged"):
@@ -478,7 +497,9 @@ class BatchNormalization(Layer):
             raise InvalidArgumentError(
                 f"layer {self.name!r} (BatchNormalization): {self.mul.size} parameters do not fit the "
                 f"normalized axes {axes} of an input of shape {x.shape}")
-        return x * self.mul.reshape(shape) + self.add.reshape(shape)
+        y = np.multiply(x, self.mul.reshape(shape))  # one new array: fresh pages cost page faults
+        y += self.add.reshape(shape)
+        return y
 
 
 class LayerNormalization(Layer):
@@ -530,7 +551,8 @@ class Normalization(Layer):
         if config.get("mean") is not None or config.get("variance") is not None:
             if config.get("mean") is None or config.get("variance") is None:
                 raise ModelFormatError(f"layer {self.name!r} (Normalization): mean and variance go together")
-            self.const = (np.asarray(config["mean"], DTYPE), np.asarray(config["variance"], DTYPE))
+            self.const = (config_array(config["mean"], self, "mean"),
+                          config_array(config["variance"], self, "variance"))
 
     integer_weights = ("count",)
 
@@ -561,8 +583,8 @@ class Rescaling(Layer):
     keras_names = ("Rescaling",)
 
     def parse(self, config):
-        self.scale = np.asarray(config.get("scale", 1.0), DTYPE)
-        self.offset = np.asarray(config.get("offset", 0.0), DTYPE)
+        self.scale = config_array(config.get("scale", 1.0), self, "scale")
+        self.offset = config_array(config.get("offset", 0.0), self, "offset")
 
     def call(self, x, backend):
         return x * self.scale + self.offset
@@ -691,24 +713,28 @@ class Permute(Layer):
         return np.ascontiguousarray(np.transpose(x, (0,) + self.dims))
 
 
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << 31)
+
+
 def _pairs(value, n, layer, key):
-    """Keras padding/cropping argument -> ((before, after),) * n."""
-    if isinstance(value, int):
+    """Keras padding/cropping argument -> ((before, after),) * n (non-negative ints)."""
+    if _count(value):
         return ((value, value),) * n
     if isinstance(value, (list, tuple)) and len(value) == n:
         out = []
         for v in value:
-            if isinstance(v, int):
+            if _count(v):
                 out.append((v, v))
-            elif isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(u, int) for u in v):
+            elif isinstance(v, (list, tuple)) and len(v) == 2 and all(_count(u) for u in v):
                 out.append(tuple(v))
             else:
                 break
         else:
             return tuple(out)
-    if n == 1 and isinstance(value, (list, tuple)) and len(value) == 2:
+    if n == 1 and isinstance(value, (list, tuple)) and len(value) == 2 and all(_count(u) for u in value):
         return (tuple(value),)
-    raise ModelFormatError(f"layer {layer.name!r} ({layer.class_name}): bad `{key}` {value!r}")
+    raise ModelFormatError(f"layer {layer.name!r} ({layer.class_name}): bad `{key}` {str(value)[:80]}")
 
 
 def _spatial_axes(x, nsp, fmt):

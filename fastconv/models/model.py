@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from .. import backends
-from ..errors import InvalidArgumentError, InvalidDTypeError, InvalidShapeError
+from ..errors import FastconvError, InvalidArgumentError, InvalidDTypeError, InvalidShapeError
 from . import _fuse, _io
 from .errors import LimitExceededError, ModelFormatError, UnsafeModelError, UnsupportedLayerError
 from .layers import (CODE_LAYERS, DTYPE, LAYERS, MODEL_CLASSES, OPS, InputLayer, KerasOp, custom_layer,
@@ -484,7 +484,7 @@ class Graph:
                 for k, v in zip(step.outputs, step.layer.call(args, backend)):
                     values[k] = v
             else:
-                values[step.outputs[0]] = step.layer.call(args, backend)
+                values[step.outputs[0]] = _call_layer(step.layer, args, backend)
             if timer is not None:
                 timer(step, perf_counter() - t0)
             for k in step.input_keys:
@@ -523,6 +523,20 @@ class Graph:
         keys = _flatten(self.outputs_struct)
         vals = self.run(feeds, keys, backend)
         return [vals[k] for k in keys]
+
+
+def _call_layer(layer, args, backend):
+    """``layer.call``, with NumPy's complaints about a model inconsistent with its input
+    (shapes that don't broadcast or concatenate...) turned into a fastconv error naming the layer."""
+    try:
+        return layer.call(args, backend)
+    except FastconvError:
+        raise
+    except (ValueError, TypeError, OverflowError, IndexError) as exc:
+        shapes = [getattr(a, "shape", None) for a in _flatten_values(args)]
+        raise InvalidArgumentError(
+            f"predict: layer {layer.name!r} ({layer.class_name}) cannot run on inputs of shape "
+            f"{', '.join(map(str, shapes))}: {type(exc).__name__}: {exc}") from exc
 
 
 def _check_tensor_index(model, node, key):

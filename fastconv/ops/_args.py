@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import InvalidArgumentError, InvalidDTypeError, InvalidShapeError
 
 DATA_FORMATS = ("channels_last", "channels_first")
+_MAX_INT = 2 ** 31  # sizes, strides and the like beyond this are nonsense, and overflow kernels
 
 
 def int_tuple(value, n, name, op, *, minimum=1, allow_none=False):
@@ -45,6 +46,8 @@ def int_tuple(value, n, name, op, *, minimum=1, allow_none=False):
         raise InvalidArgumentError(f"{op}: argument `{name}` must be {expected}; got {value!r}") from None
     if any(v < minimum for v in values):
         raise InvalidArgumentError(f"{op}: argument `{name}` must be {expected}; got {value!r}")
+    if any(v >= _MAX_INT for v in values):
+        raise InvalidArgumentError(f"{op}: argument `{name}` must be below 2**31; got {value!r}")
     return values
 
 
