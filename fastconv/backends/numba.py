@@ -21,6 +21,7 @@ applied to the tile while it is in cache.  The thread count follows
 :func:`fastconv.set_num_threads`.
 """
 
+import functools
 import itertools
 import math
 import threading
@@ -120,8 +121,10 @@ def _scratch_tiles(shape, dtype):
     return _scratch((numba.config.NUMBA_NUM_THREADS,) + tuple(shape), dtype)
 
 
+@functools.lru_cache(maxsize=256)
 def _border_pixels(out_shape, in_shape, ksize, dilation, before, n):
-    """Flat indices of output pixels (stride 1) whose window leaves the input."""
+    """Flat indices of output pixels (stride 1) whose window leaves the input (cached: a
+    model calls the same geometry every time; the array is only ever read)."""
     masks = []
     for o, i, k, d, lo in zip(out_shape, in_shape, ksize, dilation, before):
         pos = np.arange(o)
@@ -129,7 +132,9 @@ def _border_pixels(out_shape, in_shape, ksize, dilation, before, n):
     bad = masks[0][:, None, None] | masks[1][None, :, None] | masks[2][None, None, :]
     idx = np.flatnonzero(bad)
     per_image = math.prod(out_shape)
-    return (idx[None, :] + per_image * np.arange(n)[:, None]).ravel()
+    pixels = (idx[None, :] + per_image * np.arange(n)[:, None]).ravel()
+    pixels.flags.writeable = False
+    return pixels
 
 
 def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, code):
@@ -146,7 +151,7 @@ def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, 
         K.gemm_rows(X, w2, y2, rows, cols, bias, has_bias, code)
         return
     if strides == (1, 1, 1) and c >= _SHIFT_MIN_CHANNELS:
-        border = _border_pixels(out_shape, (D, H, W), ksize, dilation, before, n)
+        border = _border_pixels(tuple(out_shape), (D, H, W), tuple(ksize), tuple(dilation), tuple(before), n)
         if border.size <= _MAX_BORDER_SHARE * y2.shape[0]:
             _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias, code)
             return
@@ -257,7 +262,7 @@ def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activatio
     """Transposed convolution as prod(strides) stride-1 convolutions, one per output phase
     (see :func:`_phases`), each a dense GEMM convolution written into its strided slice of
     the output: no zero insertion, no scatter-add, and the same fast paths as ``conv``."""
-    _threads(x.size * w.size // x.shape[-1])
+    _threads(x.size * w.size // (x.shape[-1] * math.prod(strides)))  # the work of one phase
     n, c = x.shape[0], x.shape[-1]
     f = w.shape[3]
     y = np.empty((n,) + tuple(out_shape) + (f,), x.dtype)
