@@ -144,7 +144,8 @@ def gelu(x, approximate=False):
     if approximate:
         c = t(math.sqrt(2.0 / math.pi))
         return t(0.5) * x * (t(1) + np.tanh(c * (x + t(0.044715) * x ** 3)))
-    return (t(0.5) * x * (t(1) + special.erf(x / t(math.sqrt(2.0))))).astype(x.dtype, copy=False)
+    # erfc(-x / sqrt 2) = 1 + erf(x / sqrt 2), without the cancellation for large negative x
+    return (t(0.5) * x * special.erfc(-x / t(math.sqrt(2.0)))).astype(x.dtype, copy=False)
 
 
 def sigmoid(x):

@@ -110,3 +110,17 @@ def test_column_split_for_few_pixels(nb, monkeypatch, shape, dtype):
     _check(fastconv.conv2d, _rand(*shape), _rand(1, 1, c, 96), _rand(96), dtype=dtype, activation="relu")
     _check(fastconv.conv2d, _rand(*shape), _rand(3, 3, c, 80), _rand(80), dtype=dtype, padding="same")
     _check(fastconv.conv2d, _rand(*shape), _rand(2, 2, c, 64), dtype=dtype, strides=2, padding="same")
+
+
+@pytest.mark.parametrize("pads", [((1, 2), (0, 1)), ((0, 0), (3, 0)), ((2, 2), (2, 2))])
+def test_explicit_padding_equals_zero_padding_then_valid(pads, dtype):
+    x, k, kd = _rand(2, 7, 9, 16), _rand(3, 3, 16, 5), _rand(3, 3, 16, 1)
+    padded = np.pad(x, ((0, 0),) + pads + ((0, 0),))
+    for backend in fastconv.available_backends():
+        if "conv" not in fastconv.backends.backend_ops(backend):
+            continue
+        assert_close(fastconv.conv2d(x.astype(dtype), k.astype(dtype), padding=pads, backend=backend),
+                     fastconv.conv2d(padded, k, backend="reference"))
+        assert_close(fastconv.depthwise_conv2d(x.astype(dtype), kd.astype(dtype), padding=pads, strides=2,
+                                               backend=backend),
+                     fastconv.depthwise_conv2d(padded, kd, strides=2, backend="reference"))

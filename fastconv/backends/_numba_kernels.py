@@ -54,7 +54,7 @@ def activate(v, code):
     if code == 6:
         return max(v, 0.0) + min(0.0, math.expm1(min(v, 0.0)))
     if code == 7:
-        return 0.5 * v * (1.0 + math.erf(v * _SQRT1_2))
+        return 0.5 * v * math.erfc(-v * _SQRT1_2)  # no cancellation for large negative v
     if code == 8:
         return _sigmoid(v)
     if code == 9:

@@ -93,9 +93,32 @@ def optimize(graph):
             consumer[k] = step
 
     plan, removed = [], set()
+    from .model import _Step
+    # ZeroPadding feeding a "valid" convolution alone becomes that convolution's explicit
+    # padding: no padded copy of the activations (exact: the same zeros, the same sums).
+    padded_by = {}
+    for step in plain:
+        zp = step.layer
+        if not isinstance(zp, L.ZeroPadding) or step.inputs is None or calls.get(zp.name, 0) != 1:
+            continue
+        out = step.outputs[0]
+        if uses.get(out, 0) != 1 or out in outputs:
+            continue
+        nxt = consumer[out]
+        conv = nxt.layer
+        if isinstance(conv, (L.Conv, L.DepthwiseConv, L.SeparableConv)) and calls.get(conv.name, 0) == 1 \
+                and nxt.inputs == out and conv.padding == "valid" and conv.nsp == zp.nsp and conv.fmt == zp.fmt:
+            padded_by[id(nxt)] = step
+            removed.add(id(step))
     for step in plain:
         if id(step) in removed:
             continue
+        zp_step = padded_by.get(id(step))
+        if zp_step is not None:
+            conv = copy.copy(step.layer)
+            conv.padding = tuple(tuple(p) for p in zp_step.layer.pads)
+            conv.absorbed = getattr(step.layer, "absorbed", ()) + (zp_step.layer.name,)
+            step = _Step(conv, zp_step.inputs, step.outputs)
         layer = step.layer
         if step.inputs is None or not isinstance(layer, _FOLDABLE) or calls.get(layer.name, 0) != 1:
             plan.append(step)
@@ -128,7 +151,6 @@ def optimize(graph):
         if cur is layer and out == step.outputs[0]:
             plan.append(step)
         else:
-            from .model import _Step
             plan.append(_Step(cur, step.inputs, [out]))
     if len(plan) == len(plain):
         return plain, {k for st in plain for k in st.outputs}

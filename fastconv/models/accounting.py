@@ -535,6 +535,7 @@ def _absorbed(graph):
     for s in plain:
         for k in s.input_keys:
             consumers.setdefault(k, []).append(s)
+    producer = {k: s for s in plain for k in s.outputs}
     out = {}
     for step in graph.plan:
         if step.inputs is None:
@@ -542,12 +543,22 @@ def _absorbed(graph):
         if id(step) in in_plain:
             out[id(step)] = [step]
             continue
-        first = next(s for s in plain if s.inputs is not None and s.layer.name == step.layer.name
-                     and s.inputs == step.inputs)
+        named = [s for s in plain if s.inputs is not None and s.layer.name == step.layer.name]
+        first = next((s for s in named if s.inputs == step.inputs), None)
+        before = []  # layers feeding the step that it absorbed (ZeroPadding folded into a conv)
+        if first is None:
+            for s in named:
+                walk, prev = [], s
+                while prev.input_keys and prev.inputs != step.inputs and prev.input_keys[0] in producer:
+                    prev = producer[prev.input_keys[0]]
+                    walk.append(prev)
+                if prev.inputs == step.inputs:
+                    first, before = s, walk
+                    break
         chain = [first]
         while chain[-1].outputs[0] != step.outputs[0]:
             chain.append(consumers[chain[-1].outputs[0]][0])
-        out[id(step)] = chain
+        out[id(step)] = chain + before
     return out
 
 

@@ -51,12 +51,23 @@ def int_tuple(value, n, name, op, *, minimum=1, allow_none=False):
     return values
 
 
-def padding_mode(padding, op, allowed=("valid", "same")):
-    """Lower-cased padding name, checked against ``allowed``."""
-    if not isinstance(padding, str) or padding.lower() not in allowed:
-        raise InvalidArgumentError(
-            f"{op}: argument `padding` must be one of {', '.join(map(repr, allowed))}; got {padding!r}")
-    return padding.lower()
+def padding_mode(padding, op, allowed=("valid", "same"), explicit_axes=None):
+    """Lower-cased padding name, checked against ``allowed``; or, where ``explicit_axes`` is
+    given (forward convolutions), explicit zero padding: one ``(before, after)`` pair of
+    non-negative integers per spatial axis, returned as a tuple of pairs."""
+    if isinstance(padding, str) and padding.lower() in allowed:
+        return padding.lower()
+    expected = f"one of {', '.join(map(repr, allowed))}"
+    if explicit_axes is not None:
+        expected += f", or {explicit_axes} (before, after) pairs of non-negative integers"
+        if not isinstance(padding, str):
+            try:
+                pairs = tuple(tuple(p) for p in padding)
+            except TypeError:
+                pairs = None
+            if pairs is not None and len(pairs) == explicit_axes and all(len(p) == 2 for p in pairs):
+                return tuple(int_tuple(p, 2, "padding", op, minimum=0) for p in pairs)
+    raise InvalidArgumentError(f"{op}: argument `padding` must be {expected}; got {padding!r}")
 
 
 def data_format(value, op):
@@ -115,7 +126,15 @@ def conv_geometry(spatial, kernel, strides, dilation, padding, op, what="kernel"
         keff = (k - 1) * d + 1
         if n == 0:
             raise InvalidShapeError(f"{op}: input has size 0 along spatial axis {axis}")
-        if padding == "valid":
+        if not isinstance(padding, str):  # explicit (before, after) zeros
+            lo, hi = padding[axis]
+            if n + lo + hi < keff:
+                raise InvalidShapeError(
+                    f"{op}: the {what} (size {k}, dilated to {keff}) is larger than the padded input "
+                    f"(size {n} + {lo} + {hi}) along spatial axis {axis}")
+            o = (n + lo + hi - keff) // s + 1
+            pads.append((lo, hi))
+        elif padding == "valid":
             if n < keff:
                 raise InvalidShapeError(
                     f"{op}: the {what} (size {k}, dilated to {keff}) is larger than the input "

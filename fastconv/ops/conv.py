@@ -43,7 +43,8 @@ def conv_plan(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups,
     """Validate a convolution's arguments and work out its geometry (shared by the op
     and by :mod:`fastconv.cost`, which passes zero-memory placeholder arrays)."""
     fmt = A.data_format(data_format, op)
-    padding = A.padding_mode(padding, op, ("valid", "same", "causal") if nsp == 1 else ("valid", "same"))
+    padding = A.padding_mode(padding, op, ("valid", "same", "causal") if nsp == 1 else ("valid", "same"),
+                             explicit_axes=nsp)
     act = activations.canonical(activation)
     x = A.as_array(x, "x", op)
     spatial, cin = A.split_input(x, nsp, fmt, op)
@@ -125,7 +126,7 @@ def _conv_transpose(op, nsp, x, kernel, bias, strides, padding, output_padding, 
 
 def _depthwise_parts(op, nsp, x, kernel, strides, padding, dilation_rate, data_format, name="kernel"):
     fmt = A.data_format(data_format, op)
-    padding = A.padding_mode(padding, op)
+    padding = A.padding_mode(padding, op, explicit_axes=nsp)
     x = A.as_array(x, "x", op)
     spatial, cin = A.split_input(x, nsp, fmt, op)
     kernel = _kernel(kernel, nsp, name, op, "(*kernel_size, in_channels, depth_multiplier)")
@@ -201,9 +202,13 @@ _COMMON = """
         {bias_doc}
     strides : int or tuple of int, default 1
         Step of the window along each spatial axis.
-    padding : {{{paddings}}}, default "valid"
+    padding : {{{paddings}}} or sequence of (before, after) pairs, default "valid"
         Keras padding: "same" gives ``ceil(n / stride)`` outputs and puts the
-        odd pixel of padding after.{extra_padding}
+        odd pixel of padding after.{extra_padding} Forward convolutions also
+        take explicit zero padding, one ``(before, after)`` pair per spatial
+        axis (a fastconv extension, like PyTorch's; it is what Keras's
+        ``ZeroPadding`` followed by a "valid" convolution computes); not for
+        transposed convolutions.
 {extra_params}    dilation_rate : int or tuple of int, default 1
         Spacing between kernel taps.{dilation_note}
     activation : str or callable, optional
