@@ -37,9 +37,11 @@ NAME = "numba"
 OPS = frozenset({"conv", "depthwise_conv", "conv_transpose", "max_pool", "avg_pool",
                  "global_max_pool", "global_avg_pool"})
 
-# Grouped convolutions with at least this many input channels per group run as
-# one GEMM per group; below it the direct kernel wins (measured: groups=32 with 4
-# channels each is 3x faster direct).
+# Grouped convolutions with at least this many input channels per group run as one
+# GEMM convolution per group; below it neighbouring groups are merged into
+# block-diagonal dense convolutions of about this width (measured: 32 groups of 4
+# channels, 56x56, 3x3: 2.6 ms merged by 4 vs 8.4 ms in the direct loop), and the
+# direct loop is left for group counts that don't merge evenly.
 _GROUP_GEMM_MIN = 16
 
 
