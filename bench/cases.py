@@ -68,6 +68,17 @@ CASES = [
          ((3, 3, 64, 32), (64,)), dict(padding="same", strides=2), _conv_flops(16 * 16, (3, 3), 32, 64)),
     Case("conv2d_transpose 4x4/2 same 1x56x56x128->64", "conv2d_transpose", (1, 56, 56, 128),
          ((4, 4, 64, 128), (64,)), dict(padding="same", strides=2), _conv_flops(56 * 56, (4, 4), 128, 64)),
+    # a few more per variant: 3-D same, strided 1-D, 1-D transposed, 3-D and 1-D pooling
+    Case("conv3d 3x3x3 same 1x16x56x56x64->64", "conv3d", (1, 16, 56, 56, 64), ((3, 3, 3, 64, 64), (64,)),
+         dict(padding="same"), _conv_flops(16 * 56 * 56, (3, 3, 3), 64, 64)),
+    Case("conv1d k3/2 same 8x1024x64->128", "conv1d", (8, 1024, 64), ((3, 64, 128), (128,)),
+         dict(padding="same", strides=2), _conv_flops(8 * 512, (3,), 64, 128)),
+    Case("conv1d_transpose k4/2 same 8x256x64->32", "conv1d_transpose", (8, 256, 64), ((4, 32, 64), (32,)),
+         dict(padding="same", strides=2), _conv_flops(8 * 256, (4,), 64, 32)),
+    Case("max_pool3d 2x2x2 1x16x56x56x64", "max_pool3d", (1, 16, 56, 56, 64), (), dict(pool_size=2),
+         8 * 28 * 28 * 64 * 8.0),
+    Case("avg_pool1d 3/1 same 8x1024x64", "avg_pool1d", (8, 1024, 64), (),
+         dict(pool_size=3, strides=1, padding="same"), 8 * 1024 * 64 * 3.0),
     Case("max_pool2d 2x2 1x112x112x64", "max_pool2d", (1, 112, 112, 64), (), dict(pool_size=2),
          56 * 56 * 64 * 4.0),
     Case("avg_pool2d 3x3/1 same 1x56x56x256", "avg_pool2d", (1, 56, 56, 256), (),
@@ -117,13 +128,19 @@ def torch_call(case):
             pw = w_conv(arrays[2]).contiguous(memory_format=fmt)
             b = torch.from_numpy(arrays[3])
             return lambda: F.conv2d(F.conv2d(tx, dw, padding=1, groups=x.shape[-1]), pw, b)
-        if op == "conv2d_transpose":
-            w = torch.from_numpy(np.ascontiguousarray(arrays[1].transpose(3, 2, 0, 1)))  # (cin, f, kh, kw)
+        if op in ("conv1d_transpose", "conv2d_transpose"):
+            # Keras (*k, f, cin) -> torch (cin, f, *k); stride 2 "same" as padding + output_padding
+            w = torch.from_numpy(np.ascontiguousarray(np.moveaxis(arrays[1], (-1, -2), (0, 1))))
             b = torch.from_numpy(arrays[2])
             k = arrays[1].shape[0]
-            return lambda: F.conv_transpose2d(tx, w, b, stride=2, padding=1, output_padding=1 if k % 2 else 0)
-        if op == "max_pool2d":
-            return lambda: F.max_pool2d(tx, 2)
-        if op == "avg_pool2d":
-            return lambda: F.avg_pool2d(tx, 3, 1, padding=1, count_include_pad=False)
+            f = F.conv_transpose1d if op == "conv1d_transpose" else F.conv_transpose2d
+            return lambda: f(tx, w, b, stride=2, padding=(k - 1) // 2 if k % 2 else k // 2 - 1,
+                             output_padding=1 if k % 2 else 0)
+        if op.startswith("max_pool"):
+            f, k = getattr(F, op), kw.get("pool_size", 2)
+            return lambda: f(tx, k)
+        if op.startswith("avg_pool"):
+            f, k = getattr(F, op), kw.get("pool_size", 2)
+            pad = (k - 1) // 2 if kw.get("padding") == "same" else 0
+            return lambda: f(tx, k, kw.get("strides") or k, padding=pad, count_include_pad=False)
     raise AssertionError(op)

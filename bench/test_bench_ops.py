@@ -30,7 +30,8 @@ def _reference(case):
 def test_fastconv(benchmark, case, backend):
     kernels = {"conv2d": "conv", "conv1d": "conv", "conv3d": "conv", "depthwise_conv2d": "depthwise_conv",
                "separable_conv2d": "conv", "conv2d_transpose": "conv_transpose",
-               "max_pool2d": "max_pool", "avg_pool2d": "avg_pool"}
+               "conv1d_transpose": "conv_transpose", "max_pool2d": "max_pool", "avg_pool2d": "avg_pool",
+               "max_pool3d": "max_pool", "avg_pool1d": "avg_pool"}
     if kernels[case.op] not in fastconv.backends.backend_ops(backend):
         pytest.skip(f"backend {backend!r} has no {kernels[case.op]!r} kernel yet")
     y = case.call(backend)
