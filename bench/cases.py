@@ -144,3 +144,45 @@ def torch_call(case):
             pad = (k - 1) // 2 if kw.get("padding") == "same" else 0
             return lambda: f(tx, k, kw.get("strides") or k, padding=pad, count_include_pad=False)
     raise AssertionError(op)
+
+
+def tf_call(case):
+    """A zero-argument callable running the case's Keras 3 layer on TensorFlow (a
+    ``tf.function`` of the layer, same weights), or None without TensorFlow."""
+    try:
+        import keras
+        import tensorflow as tf
+    except ImportError:
+        return None
+    arrays = case.build()
+    x, weights = arrays[0], arrays[1:]
+    nsp = x.ndim - 2
+    kw, op, L = case.kwargs, case.op, keras.layers
+    common = dict(strides=kw.get("strides", 1), padding=kw.get("padding", "valid"))
+    if op.startswith("conv") and not op.endswith("transpose"):
+        k = weights[0]
+        layer = getattr(L, f"Conv{nsp}D")(k.shape[-1], k.shape[:nsp], dilation_rate=kw.get("dilation_rate", 1),
+                                          groups=kw.get("groups", 1), **common)
+    elif op.endswith("transpose"):
+        k = weights[0]
+        layer = getattr(L, f"Conv{nsp}DTranspose")(k.shape[-2], k.shape[:nsp], **common)
+    elif op.startswith("depthwise"):
+        k = weights[0]
+        layer = getattr(L, f"DepthwiseConv{nsp}D")(k.shape[:nsp], depth_multiplier=k.shape[-1], **common)
+    elif op.startswith("separable"):
+        dk, pk = weights[0], weights[1]
+        layer = getattr(L, f"SeparableConv{nsp}D")(pk.shape[-1], dk.shape[:nsp], depth_multiplier=dk.shape[-1],
+                                                   **common)
+    elif "pool" in op:
+        kind = "Max" if op.startswith("max") else "Average"
+        layer = getattr(L, f"{kind}Pooling{nsp}D")(pool_size=kw.get("pool_size", 2), strides=kw.get("strides"),
+                                                   padding=kw.get("padding", "valid"))
+    else:
+        raise AssertionError(op)
+    layer.build(x.shape)
+    if weights:
+        layer.set_weights(list(weights))
+    xt = tf.constant(x)
+    fn = tf.function(layer)
+    fn(xt)
+    return lambda: fn(xt)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from cases import CASES, torch_call
+from cases import CASES, tf_call, torch_call
 
 _expected = {}
 
@@ -49,4 +49,16 @@ def test_torch(benchmark, case):
         pytest.skip("PyTorch is not installed (pip install torch==2.13.0)")
     benchmark.group = case.name
     benchmark.extra_info.update(flops=case.flops, impl="torch")
+    benchmark(fn)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_tensorflow(benchmark, case):
+    fn = tf_call(case)
+    if fn is None:
+        pytest.skip("TensorFlow is not installed (pip install tensorflow-cpu)")
+    expected = _reference(case)
+    np.testing.assert_allclose(np.asarray(fn()), expected, rtol=1e-3, atol=1e-4 * float(np.abs(expected).max()))
+    benchmark.group = case.name
+    benchmark.extra_info.update(flops=case.flops, impl="tensorflow")
     benchmark(fn)
