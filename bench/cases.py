@@ -186,3 +186,91 @@ def tf_call(case):
     fn = tf.function(layer)
     fn(xt)
     return lambda: fn(xt)
+
+
+def ort_call(case):
+    """A zero-argument callable running the case as a one-op ONNX graph in ONNX Runtime
+    (2 threads, NCHW input prepared outside the timing, ONNX's native layout), or None
+    without onnx/onnxruntime."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    from fastconv.ops import _args as A
+    arrays = case.build()
+    x, weights = arrays[0], list(arrays[1:])
+    nsp = x.ndim - 2
+    kw, op = case.kwargs, case.op
+    spatial = x.shape[1:-1]
+    strides = A.int_tuple(kw.get("strides", 1), nsp, "strides", op)
+    dilation = A.int_tuple(kw.get("dilation_rate", 1), nsp, "dilation_rate", op)
+    padding = kw.get("padding", "valid")
+
+    def pads_for(ksize, dil=dilation, s=strides):
+        _, pads = A.conv_geometry(spatial, ksize, s, dil, padding, op)
+        return [p[0] for p in pads] + [p[1] for p in pads]
+
+    def to_oihw(w):  # Keras (*k, in, out) -> ONNX (out, in, *k)
+        return np.ascontiguousarray(np.moveaxis(w, (-1, -2), (0, 1)))
+
+    nodes, inits = [], []
+
+    def init(name, arr):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, np.float32), name))
+        return name
+
+    if op.startswith("conv") and not op.endswith("transpose") or op.startswith("depthwise"):
+        k = weights[0]
+        ksize = k.shape[:nsp]
+        if op.startswith("depthwise"):
+            c, m = k.shape[-2], k.shape[-1]
+            w, group = np.moveaxis(k.reshape(ksize + (1, c * m)), (-1, -2), (0, 1)), c
+        else:
+            w, group = to_oihw(k), kw.get("groups", 1)
+        inputs = ["x", init("w", w)] + ([init("b", weights[1])] if len(weights) > 1 else [])
+        nodes.append(helper.make_node("Conv", inputs, ["y"], kernel_shape=list(ksize), strides=list(strides),
+                                      dilations=list(dilation), pads=pads_for(ksize), group=group))
+    elif op.startswith("separable"):
+        dk, pk = weights[0], weights[1]
+        ksize, c, m = dk.shape[:nsp], dk.shape[-2], dk.shape[-1]
+        dw = np.moveaxis(dk.reshape(ksize + (1, c * m)), (-1, -2), (0, 1))
+        nodes.append(helper.make_node("Conv", ["x", init("dw", dw)], ["mid"], kernel_shape=list(ksize),
+                                      strides=list(strides), dilations=list(dilation), pads=pads_for(ksize),
+                                      group=c))
+        nodes.append(helper.make_node("Conv", ["mid", init("pw", to_oihw(pk)), init("b", weights[2])], ["y"],
+                                      kernel_shape=[1] * nsp))
+    elif op.endswith("transpose"):
+        k = weights[0]  # Keras (*k, f, in) -> ONNX ConvTranspose (in, f, *k)
+        ksize = k.shape[:nsp]
+        w = np.ascontiguousarray(np.moveaxis(k, (-1, -2), (0, 1)))
+        out, before = A.conv_transpose_geometry(spatial, ksize, strides, dilation, padding, None, op)
+        # explicit pads (ONNX's own choice from output_shape puts the odd pixel first, Keras after)
+        full = [s_ * (n - 1) + (k_ - 1) * d + 1 for s_, n, k_, d in zip(strides, spatial, ksize, dilation)]
+        after = [max(f - o - b, 0) for f, o, b in zip(full, out, before)]
+        extra = [o - (f - b - a) for o, f, b, a in zip(out, full, before, after)]
+        nodes.append(helper.make_node("ConvTranspose", ["x", init("w", w), init("b", weights[1])], ["y"],
+                                      kernel_shape=list(ksize), strides=list(strides), dilations=list(dilation),
+                                      pads=list(before) + after, output_padding=extra))
+    elif "pool" in op:
+        pool = A.int_tuple(kw.get("pool_size", 2), nsp, "pool_size", op)
+        s = pool if kw.get("strides") is None else A.int_tuple(kw["strides"], nsp, "strides", op)
+        _, pads = A.pool_geometry(spatial, pool, s, padding, op)
+        attrs = dict(kernel_shape=list(pool), strides=list(s), pads=[p[0] for p in pads] + [p[1] for p in pads])
+        if op.startswith("avg"):
+            attrs["count_include_pad"] = 0
+        nodes.append(helper.make_node("MaxPool" if op.startswith("max") else "AveragePool", ["x"], ["y"], **attrs))
+    else:
+        raise AssertionError(op)
+    xn = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    graph = helper.make_graph(nodes, "case", [helper.make_tensor_value_info("x", TensorProto.FLOAT, xn.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed = {"x": xn}
+    sess.run(None, feed)
+    return lambda: sess.run(None, feed)[0]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from cases import CASES, tf_call, torch_call
+from cases import CASES, ort_call, tf_call, torch_call
 
 _expected = {}
 
@@ -61,4 +61,17 @@ def test_tensorflow(benchmark, case):
     np.testing.assert_allclose(np.asarray(fn()), expected, rtol=1e-3, atol=1e-4 * float(np.abs(expected).max()))
     benchmark.group = case.name
     benchmark.extra_info.update(flops=case.flops, impl="tensorflow")
+    benchmark(fn)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_onnxruntime(benchmark, case):
+    fn = ort_call(case)
+    if fn is None:
+        pytest.skip("ONNX Runtime is not installed (pip install onnx onnxruntime)")
+    expected = _reference(case)
+    got = np.moveaxis(fn(), 1, -1)  # ONNX computes NCHW
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * float(np.abs(expected).max()))
+    benchmark.group = case.name
+    benchmark.extra_info.update(flops=case.flops, impl="onnxruntime")
     benchmark(fn)
