@@ -1,10 +1,14 @@
 """Thread count shared by every compiled backend."""
 
+import contextlib
 import os
+import threading
 
 from .errors import InvalidArgumentError
 
 _num_threads = None
+# a per-thread override (fastconv.dask gives each task its share of a worker's threads)
+_local = threading.local()
 
 
 def get_num_threads():
@@ -14,6 +18,9 @@ def get_num_threads():
     >>> get_num_threads() >= 1
     True
     """
+    n = getattr(_local, "n", None)
+    if n is not None:
+        return n
     if _num_threads is not None:
         return _num_threads
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
@@ -42,3 +49,15 @@ def set_num_threads(n):
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise InvalidArgumentError(f"set_num_threads: argument `n` must be a positive integer or None; got {n!r}")
     _num_threads = n
+
+
+@contextlib.contextmanager
+def thread_limit(n):
+    """Within the block, :func:`get_num_threads` returns ``n`` in the calling thread only
+    (other threads and the process-wide setting are untouched). Private: used by fastconv.dask."""
+    prev = getattr(_local, "n", None)
+    _local.n = int(n)
+    try:
+        yield
+    finally:
+        _local.n = prev

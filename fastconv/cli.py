@@ -395,8 +395,11 @@ def cmd_predict(args):
         with open(args.labels, encoding="utf-8") as f:
             labels = [line.strip() for line in f if line.strip()]
     model = _load_model(args)
-    x, names = _read_input(args.input, model, args)
-    result = _predict(model, x, args, args.batch_size, backend)
+    if getattr(args, "scheduler", None) is not None:
+        result, names = _predict_dask(model, args, backend)
+    else:
+        x, names = _read_input(args.input, model, args)
+        result = _predict(model, x, args, args.batch_size, backend)
     if out is not None:
         return _write_output(out, result, model, names, args)
     if not isinstance(result, np.ndarray) or result.ndim != 2:
@@ -413,6 +416,58 @@ def cmd_predict(args):
         print(f"{name.ljust(width)}  " + "  ".join(
             f"{labels[i] if labels else i}: {row[i]:.4f}" for i in top))
     return 0
+
+
+def _predict_dask(model, args, backend):
+    """(outputs, row names) of ``predict --scheduler``: INPUT as a dask array (a .npy file
+    memory-mapped, other inputs read as usual) run by fastconv.dask on the threaded
+    scheduler ("threads") or on the dask.distributed scheduler at ADDRESS."""
+    from . import dask as fdask
+    _, da = fdask._require_dask()
+    path = args.input
+    if path.lower().endswith(".npy") and os.path.isfile(path):
+        try:
+            x = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, EOFError) as exc:
+            raise UserError(f"cannot read {path!r} as a NumPy file: {exc}") from None
+        if x.ndim == 0:
+            raise UserError(f"{path!r} holds a scalar, not a batch of samples")
+        names = [f"[{i}]" for i in range(x.shape[0])]
+        scale = getattr(args, "scale", None)
+    else:
+        x, names = _read_input(path, model, args)   # scaled there
+        scale = None
+        if isinstance(x, dict):
+            raise UserError("--scheduler runs single-input models only")
+    if len(model.input_names) != 1 or len(model.output_names) != 1:
+        raise UserError(f"--scheduler runs single-input, single-output models only; the model has inputs "
+                        f"{model.input_names} and outputs {model.output_names}")
+    rows = args.chunk_size or 8 * args.batch_size
+    d = da.from_array(x, chunks=(rows,) + tuple(x.shape[1:]))
+    if scale is not None:
+        if x.dtype.kind not in "biuf":
+            raise UserError(f"input {path!r}: an array of dtype {x.dtype} cannot be scaled")
+        d = d.astype(np.float32) * np.float32(scale)
+    show = not getattr(args, "quiet", False) and sys.stdout.isatty() and sys.stderr.isatty()
+    if args.scheduler == "threads":
+        lazy = fdask.predict(model, d, batch_size=args.batch_size, backend=backend)
+        if show:
+            from dask.diagnostics import ProgressBar
+            with ProgressBar(out=sys.stderr):
+                return lazy.compute(scheduler="threads"), names
+        return lazy.compute(scheduler="threads"), names
+    from distributed import Client, progress
+    try:
+        client = Client(args.scheduler, timeout="30s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UserError(f"cannot connect to the dask scheduler at {args.scheduler!r}: {_one_line(exc)}") from None
+    with client:
+        with client.as_current():
+            lazy = fdask.predict(model, d, batch_size=args.batch_size, backend=backend)
+            future = client.compute(lazy)
+            if show:
+                progress(future)
+            return future.result(), names
 
 
 def _write_output(out, result, model, names, args):
@@ -567,6 +622,11 @@ def build_parser():
                     help="multiply the input by S, e.g. 1/255 (default: raw values, 0..255 for images)")
     pr.add_argument("--key", metavar="NAME", help="the array of a .npz INPUT to use")
     pr.add_argument("--labels", metavar="FILE", help="class names, one per line, for the printed top-K")
+    pr.add_argument("--scheduler", metavar="ADDRESS",
+                    help="run on Dask (needs the dask extra): 'threads' for the threaded scheduler, or the "
+                         "address of a dask.distributed scheduler (tcp://host:8786); a .npy INPUT is memory-mapped")
+    pr.add_argument("--chunk-size", type=_positive_int, metavar="N",
+                    help="with --scheduler: samples per dask chunk, the unit of work (default 8 x --batch-size)")
 
     pf = add("profile", cmd_profile, "time every layer of a model: ms and GFLOP/s",
              "Time every step of the execution graph (folded/fused layers named together) on a random input "
