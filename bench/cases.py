@@ -79,6 +79,25 @@ CASES = [
          8 * 28 * 28 * 64 * 8.0),
     Case("avg_pool1d 3/1 same 8x1024x64", "avg_pool1d", (8, 1024, 64), (),
          dict(pool_size=3, strides=1, padding="same"), 8 * 1024 * 64 * 3.0),
+    # the remaining ops of the functional API, once each
+    Case("conv3d_transpose 2x2x2/2 valid 1x8x28x28x32->16", "conv3d_transpose", (1, 8, 28, 28, 32),
+         ((2, 2, 2, 16, 32), (16,)), dict(strides=2), _conv_flops(8 * 28 * 28, (2, 2, 2), 32, 16)),
+    Case("depthwise_conv1d k3 same 8x1024x64", "depthwise_conv1d", (8, 1024, 64), ((3, 64, 1), (64,)),
+         dict(padding="same"), _conv_flops(8 * 1024, (3,), 1, 64)),
+    Case("separable_conv1d k3 same 8x1024x64->128", "separable_conv1d", (8, 1024, 64),
+         ((3, 64, 1), (1, 64, 128), (128,)), dict(padding="same"),
+         _conv_flops(8 * 1024, (3,), 1, 64) + _conv_flops(8 * 1024, (1,), 64, 128)),
+    Case("spatially_separable_conv2d 3x1+1x3 same 1x112x112x32->32", "spatially_separable_conv2d",
+         (1, 112, 112, 32), ((3, 1, 32, 32), (1, 3, 32, 32), (32,)), dict(padding="same"),
+         2 * _conv_flops(112 * 112, (3,), 32, 32)),
+    Case("max_pool1d 2 8x1024x64", "max_pool1d", (8, 1024, 64), (), dict(pool_size=2), 8 * 1024 * 64.0),
+    Case("avg_pool3d 2x2x2 1x16x56x56x64", "avg_pool3d", (1, 16, 56, 56, 64), (), dict(pool_size=2),
+         16 * 56 * 56 * 64.0),
+    Case("global_avg_pool2d 1x56x56x256", "global_avg_pool2d", (1, 56, 56, 256), (), {}, 56 * 56 * 256.0),
+    Case("global_max_pool2d 1x56x56x256", "global_max_pool2d", (1, 56, 56, 256), (), {}, 56 * 56 * 256.0),
+    Case("global_avg_pool1d 8x1024x64", "global_avg_pool1d", (8, 1024, 64), (), {}, 8 * 1024 * 64.0),
+    Case("global_max_pool3d 1x16x56x56x64", "global_max_pool3d", (1, 16, 56, 56, 64), (), {},
+         16 * 56 * 56 * 64.0),
     Case("max_pool2d 2x2 1x112x112x64", "max_pool2d", (1, 112, 112, 64), (), dict(pool_size=2),
          56 * 56 * 64 * 4.0),
     Case("avg_pool2d 3x3/1 same 1x56x56x256", "avg_pool2d", (1, 56, 56, 256), (),
@@ -119,23 +138,37 @@ def torch_call(case):
             args = dict(stride=kw.get("strides", 1), padding=pad(arrays[1].shape[:nsp]),
                         dilation=kw.get("dilation_rate", 1), groups=kw.get("groups", 1))
             return lambda: f(tx, w, b, **args)
-        if op == "depthwise_conv2d":
-            w = torch.from_numpy(np.ascontiguousarray(arrays[1].reshape(3, 3, 1, -1).transpose(3, 2, 0, 1)))
-            b = torch.from_numpy(arrays[2])
-            return lambda: F.conv2d(tx, w, b, padding=1, groups=x.shape[-1])
-        if op == "separable_conv2d":
-            dw = torch.from_numpy(np.ascontiguousarray(arrays[1].reshape(3, 3, 1, -1).transpose(3, 2, 0, 1)))
-            pw = w_conv(arrays[2]).contiguous(memory_format=fmt)
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nsp]
+        if op.startswith("depthwise") or op.startswith("separable"):
+            dk = arrays[1]
+            ksize, c = dk.shape[:nsp], dk.shape[-2]
+            dw = torch.from_numpy(np.ascontiguousarray(np.moveaxis(dk.reshape(ksize + (1, -1)), (-1, -2), (0, 1))))
+            if op.startswith("depthwise"):
+                b = torch.from_numpy(arrays[2])
+                return lambda: conv(tx, dw, b, padding=pad(ksize), groups=c)
+            pw = w_conv(arrays[2])
+            pw = pw.contiguous(memory_format=fmt) if fmt else pw
             b = torch.from_numpy(arrays[3])
-            return lambda: F.conv2d(F.conv2d(tx, dw, padding=1, groups=x.shape[-1]), pw, b)
-        if op in ("conv1d_transpose", "conv2d_transpose"):
-            # Keras (*k, f, cin) -> torch (cin, f, *k); stride 2 "same" as padding + output_padding
+            return lambda: conv(conv(tx, dw, padding=pad(ksize), groups=c), pw, b)
+        if op == "spatially_separable_conv2d":
+            cw, rw = w_conv(arrays[1]).contiguous(memory_format=fmt), w_conv(arrays[2]).contiguous(memory_format=fmt)
+            b = torch.from_numpy(arrays[3])
+            return lambda: F.conv2d(F.conv2d(tx, cw, padding=(1, 0)), rw, b, padding=(0, 1))
+        if op.endswith("transpose"):
+            # Keras (*k, f, cin) -> torch (cin, f, *k); "same" as padding + output_padding
             w = torch.from_numpy(np.ascontiguousarray(np.moveaxis(arrays[1], (-1, -2), (0, 1))))
             b = torch.from_numpy(arrays[2])
-            k = arrays[1].shape[0]
-            f = F.conv_transpose1d if op == "conv1d_transpose" else F.conv_transpose2d
-            return lambda: f(tx, w, b, stride=2, padding=(k - 1) // 2 if k % 2 else k // 2 - 1,
+            k, st = arrays[1].shape[0], kw.get("strides", 1)
+            f = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nsp]
+            if kw.get("padding") != "same":
+                return lambda: f(tx, w, b, stride=st)
+            return lambda: f(tx, w, b, stride=st, padding=(k - 1) // 2 if k % 2 else k // 2 - 1,
                              output_padding=1 if k % 2 else 0)
+        if op.startswith("global"):
+            dims = tuple(range(2, 2 + nsp))
+            if "max" in op:
+                return lambda: tx.amax(dim=dims)
+            return lambda: tx.mean(dim=dims)
         if op.startswith("max_pool"):
             f, k = getattr(F, op), kw.get("pool_size", 2)
             return lambda: f(tx, k)
@@ -173,6 +206,12 @@ def tf_call(case):
         dk, pk = weights[0], weights[1]
         layer = getattr(L, f"SeparableConv{nsp}D")(pk.shape[-1], dk.shape[:nsp], depth_multiplier=dk.shape[-1],
                                                    **common)
+    elif op.startswith("global"):
+        layer = getattr(L, f"Global{'Max' if 'max' in op else 'Average'}Pooling{nsp}D")()
+    elif op == "spatially_separable_conv2d":
+        cw, rw = weights[0], weights[1]
+        layer = keras.Sequential([L.Conv2D(cw.shape[-1], cw.shape[:2], padding=common["padding"], use_bias=False),
+                                  L.Conv2D(rw.shape[-1], rw.shape[:2], padding=common["padding"])])
     elif "pool" in op:
         kind = "Max" if op.startswith("max") else "Average"
         layer = getattr(L, f"{kind}Pooling{nsp}D")(pool_size=kw.get("pool_size", 2), strides=kw.get("strides"),
@@ -252,6 +291,15 @@ def ort_call(case):
         nodes.append(helper.make_node("ConvTranspose", ["x", init("w", w), init("b", weights[1])], ["y"],
                                       kernel_shape=list(ksize), strides=list(strides), dilations=list(dilation),
                                       pads=list(before) + after, output_padding=extra))
+    elif op.startswith("global"):
+        nodes.append(helper.make_node("GlobalMaxPool" if "max" in op else "GlobalAveragePool", ["x"], ["g"]))
+        nodes.append(helper.make_node("Flatten", ["g"], ["y"]))
+    elif op == "spatially_separable_conv2d":
+        cw, rw = weights[0], weights[1]
+        nodes.append(helper.make_node("Conv", ["x", init("cw", to_oihw(cw))], ["mid"], kernel_shape=list(cw.shape[:2]),
+                                      pads=pads_for(cw.shape[:2], (1, 1), (1, 1))))
+        nodes.append(helper.make_node("Conv", ["mid", init("rw", to_oihw(rw)), init("b", weights[2])], ["y"],
+                                      kernel_shape=list(rw.shape[:2]), pads=pads_for(rw.shape[:2], (1, 1), (1, 1))))
     elif "pool" in op:
         pool = A.int_tuple(kw.get("pool_size", 2), nsp, "pool_size", op)
         s = pool if kw.get("strides") is None else A.int_tuple(kw["strides"], nsp, "strides", op)

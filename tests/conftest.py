@@ -7,22 +7,13 @@ import pytest
 import fastconv
 from fastconv import backends
 
-#: The kernel-contract operations each public op needs from a backend.
-KERNELS = {
-    **{f"conv{n}d": {"conv"} for n in (1, 2, 3)},
-    **{f"conv{n}d_transpose": {"conv_transpose"} for n in (1, 2, 3)},
-    **{f"depthwise_conv{n}d": {"depthwise_conv"} for n in (1, 2)},
-    **{f"separable_conv{n}d": {"depthwise_conv", "conv"} for n in (1, 2)},
-    "spatially_separable_conv2d": {"conv", "depthwise_conv"},
-    **{f"{k}_pool{n}d": {f"{k}_pool"} for k in ("max", "avg") for n in (1, 2, 3)},
-    **{f"global_{k}_pool{n}d": {f"global_{k}_pool"} for k in ("max", "avg") for n in (1, 2, 3)},
-}
+#: The kernel-contract operations each public op needs (the package's own table).
+KERNELS = backends.OP_KERNELS
 
 
 def backends_for(op):
     """Available backends implementing everything ``op`` needs (``auto`` always)."""
-    need = KERNELS[op]
-    return ["auto"] + [b for b in fastconv.available_backends() if need <= backends.backend_ops(b)]
+    return ["auto"] + [b for b in fastconv.available_backends() if backends.supports(b, op)]
 
 
 def assert_close(actual, expected, rtol=1e-4, atol=1e-5):

@@ -17,6 +17,26 @@ _MODULES = {"numba": ".numba", "cython": ".cython", "reference": ".reference"}
 _loaded = {}
 _failed = {}
 
+#: The kernel-contract operations each public op needs from a backend.
+OP_KERNELS = {
+    **{f"conv{n}d": frozenset({"conv"}) for n in (1, 2, 3)},
+    **{f"conv{n}d_transpose": frozenset({"conv_transpose"}) for n in (1, 2, 3)},
+    **{f"depthwise_conv{n}d": frozenset({"depthwise_conv"}) for n in (1, 2)},
+    **{f"separable_conv{n}d": frozenset({"depthwise_conv", "conv"}) for n in (1, 2)},
+    "spatially_separable_conv2d": frozenset({"conv", "depthwise_conv"}),
+    **{f"{k}_pool{n}d": frozenset({f"{k}_pool"}) for k in ("max", "avg") for n in (1, 2, 3)},
+    **{f"global_{k}_pool{n}d": frozenset({f"global_{k}_pool"}) for k in ("max", "avg") for n in (1, 2, 3)},
+}
+
+
+def supports(name, op):
+    """Whether backend ``name`` implements everything public op ``op`` needs.
+
+    >>> supports("reference", "conv2d")
+    True
+    """
+    return OP_KERNELS[op] <= backend_ops(name)
+
 
 def _load(name):
     if name in _loaded:
