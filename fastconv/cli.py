@@ -418,6 +418,9 @@ def cmd_predict(args):
     return 0
 
 
+_DASK_CONNECT_TIMEOUT = "20s"
+
+
 def _predict_dask(model, args, backend):
     """(outputs, row names) of ``predict --scheduler``: INPUT as a dask array (a .npy file
     memory-mapped, other inputs read as usual) run by fastconv.dask on the threaded
@@ -458,7 +461,7 @@ def _predict_dask(model, args, backend):
         return lazy.compute(scheduler="threads"), names
     from distributed import Client, progress
     try:
-        client = Client(args.scheduler, timeout="30s")
+        client = Client(args.scheduler, timeout=_DASK_CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UserError(f"cannot connect to the dask scheduler at {args.scheduler!r}: {_one_line(exc)}") from None
     with client:

@@ -247,3 +247,8 @@ def test_folded_layers_keep_their_own_outputs():
     np.testing.assert_allclose(got_bn, ref_bn, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got_relu, np.clip(ref_bn, 0, 6), rtol=1e-5, atol=1e-5)
     assert_keras_close(model.predict(x), ys[0], "after intermediate requests")
+
+
+def test_empty_batch_predicts_empty_output():
+    model = load("sign_mnist", "keras")
+    assert model.predict(np.zeros((0, 28, 28, 1), np.float32)).shape == (0, 24)

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import glob
 import os
+import threading
 
 import llvmlite.binding as ll
 import numpy as np
@@ -103,19 +104,32 @@ def _openblas_threads():
 _threads_api = _openblas_threads()
 
 
+_lock = threading.Lock()
+_users = 0
+_saved = None
+
+
 @contextlib.contextmanager
 def single_threaded():
-    """Run SciPy's BLAS on one thread inside the block (no-op if it isn't OpenBLAS)."""
+    """Run SciPy's BLAS on one thread inside the block (no-op if it isn't OpenBLAS).
+
+    Counted under a lock, so that concurrent callers (several Python threads running
+    fastconv) share one switch: the first in sets one thread, the last out restores."""
+    global _users, _saved
     if _threads_api is None:
         yield
         return
     get, put = _threads_api
-    prev = get()
-    if prev == 1:
-        yield
-        return
-    put(1)
+    with _lock:
+        if _users == 0:
+            _saved = get()
+            if _saved != 1:
+                put(1)
+        _users += 1
     try:
         yield
     finally:
-        put(prev)
+        with _lock:
+            _users -= 1
+            if _users == 0 and _saved not in (None, 1):
+                put(_saved)

@@ -675,7 +675,7 @@ class Flatten(Layer):
     def call(self, x, backend):
         if self.fmt == "channels_first" and x.ndim > 2:
             x = np.moveaxis(x, 1, -1)
-        return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+        return np.ascontiguousarray(x).reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 fails for an empty batch
 
 
 class Reshape(Layer):
