@@ -39,38 +39,32 @@ def test_fastconv(benchmark, case, backend):
     benchmark(case.call, backend)
 
 
+def _nchw_to_nhwc(y):
+    return np.moveaxis(np.asarray(y), 1, -1)
+
+
+# peer: (builder, how to bring its result to channels-last for the check (None: not
+# value-checked), why it may be missing)
+PEERS = {
+    # PyTorch does the same work (shapes and FLOPs) but is not value-checked: its symmetric
+    # padding puts the odd pixel of an even "same" padding on the other side from Keras.
+    "torch": (torch_call, None, "PyTorch is not installed (pip install torch==2.13.0)"),
+    "tensorflow": (tf_call, np.asarray, "TensorFlow is not installed (pip install tensorflow-cpu)"),
+    "onnxruntime": (ort_call, _nchw_to_nhwc, "ONNX Runtime is not installed (pip install onnx onnxruntime)"),
+}
+
+
+@pytest.mark.parametrize("peer", sorted(PEERS))
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_torch(benchmark, case):
-    """PyTorch does the same work (shapes and FLOPs), but is not value-checked: its symmetric
-    padding puts the odd pixel of an even "same" padding on the other side from Keras."""
-    fn = torch_call(case)
+def test_peer(benchmark, case, peer):
+    build, to_nhwc, missing = PEERS[peer]
+    fn = build(case)
     if fn is None:
-        pytest.skip("PyTorch is not installed (pip install torch==2.13.0)")
+        pytest.skip(missing)
+    if to_nhwc is not None:
+        expected = _reference(case)
+        np.testing.assert_allclose(to_nhwc(fn()), expected, rtol=1e-3,
+                                   atol=1e-4 * float(np.abs(expected).max()))
     benchmark.group = case.name
-    benchmark.extra_info.update(flops=case.flops, impl="torch")
-    benchmark(fn)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_tensorflow(benchmark, case):
-    fn = tf_call(case)
-    if fn is None:
-        pytest.skip("TensorFlow is not installed (pip install tensorflow-cpu)")
-    expected = _reference(case)
-    np.testing.assert_allclose(np.asarray(fn()), expected, rtol=1e-3, atol=1e-4 * float(np.abs(expected).max()))
-    benchmark.group = case.name
-    benchmark.extra_info.update(flops=case.flops, impl="tensorflow")
-    benchmark(fn)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_onnxruntime(benchmark, case):
-    fn = ort_call(case)
-    if fn is None:
-        pytest.skip("ONNX Runtime is not installed (pip install onnx onnxruntime)")
-    expected = _reference(case)
-    got = np.moveaxis(fn(), 1, -1)  # ONNX computes NCHW
-    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * float(np.abs(expected).max()))
-    benchmark.group = case.name
-    benchmark.extra_info.update(flops=case.flops, impl="onnxruntime")
+    benchmark.extra_info.update(flops=case.flops, impl=peer)
     benchmark(fn)
