@@ -8,10 +8,20 @@ takes the rest from the next backend that has it.  Threads follow
 import numpy as np
 
 from .._threads import get_num_threads
+from . import _cython_conv, _cython_direct
 from ._cython import pool as _pool
 
 NAME = "cython"
-OPS = frozenset({"max_pool", "avg_pool"})
+_PARTS = (_cython_conv, _cython_direct)
+OPS = frozenset({"max_pool", "avg_pool"}).union(*(m.OPS for m in _PARTS))
+
+
+def __getattr__(name):
+    # the convolution and direct kernels live in their own driver modules
+    for m in _PARTS:
+        if name in m.OPS:
+            return getattr(m, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _out(x, out_shape):
