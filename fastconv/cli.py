@@ -35,6 +35,8 @@ import zipfile
 
 import numpy as np
 
+from .errors import FastconvError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 
@@ -150,12 +152,17 @@ def _image_layout(model):
 
 def _read_images(files, model, args):
     """Decode ``files`` with Pillow into a float32 batch the model takes (values 0..255)."""
+    _need_pillow()
+    return _decode_images(_progress(files, args, desc="reading images", unit="image"), _image_layout(model))
+
+
+def _decode_images(files, layout):
     Image = _need_pillow()
-    fmt, height, width, channels = _image_layout(model)
+    fmt, height, width, channels = layout
     mode = "L" if channels == 1 else "RGB"
     bomb = getattr(Image, "DecompressionBombError", OSError)
     arrays = []
-    for f in _progress(files, args, desc="reading images", unit="image"):
+    for f in files:
         try:
             with Image.open(f) as im:
                 im = im.convert(mode)
@@ -173,6 +180,34 @@ def _read_images(files, model, args):
                         f"resize them to one size")
     x = np.stack(arrays)
     return np.moveaxis(x, -1, 1) if fmt == "channels_first" else x
+
+
+class _ImageSource:
+    """A folder's images as a :func:`fastconv.dask.predict_stream` source: decoded chunk by chunk."""
+
+    def __init__(self, files, layout, scale):
+        self.files, self.layout, self.scale = files, layout, scale
+        first = _decode_images(files[:1], layout)
+        self.shape, self.dtype = (len(files),) + first.shape[1:], np.dtype(np.float32)
+
+    def __len__(self):
+        return len(self.files)
+
+    def read(self, start, stop):
+        x = _decode_images(self.files[start:stop], self.layout)
+        if x.shape[1:] != self.shape[1:]:
+            raise UserError(f"the images differ in size: {self.files[start]!r} is {x.shape[1:]}, "
+                            f"{self.files[0]!r} is {self.shape[1:]}; resize them to one size")
+        return x * np.float32(self.scale) if self.scale is not None else x
+
+
+def _image_files(path):
+    files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+                   and os.path.isfile(os.path.join(path, f)))
+    if not files:
+        raise UserError(f"folder {path!r} holds no image file ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
 
 
 def _load_array_file(path, key, model):
@@ -206,11 +241,7 @@ def _read_input(path, model, args):
     if not os.path.exists(path):
         raise UserError(f"input {path!r} does not exist")
     if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-                       and os.path.isfile(os.path.join(path, f)))
-        if not files:
-            raise UserError(f"folder {path!r} holds no image file ({', '.join(IMAGE_EXTENSIONS)})")
+        files = _image_files(path)
         x, names = _read_images(files, model, args), [os.path.basename(f) for f in files]
     elif path.lower().endswith((".npy", ".npz")):
         x = _load_array_file(path, getattr(args, "key", None), model)
@@ -396,7 +427,14 @@ def cmd_predict(args):
             labels = [line.strip() for line in f if line.strip()]
     model = _load_model(args)
     if getattr(args, "scheduler", None) is not None:
-        result, names = _predict_dask(model, args, backend)
+        direct = out if out is not None and out.lower().endswith(".npy") else None
+        result, names = _predict_dask(model, args, backend, out=direct)
+        if direct is not None:   # written chunk by chunk as the results came
+            shape = result.shape
+            del result
+            print(f"wrote {out}: {shape} float32" + (
+                " (rows in the order of the sorted file names)" if os.path.isdir(args.input) else ""))
+            return 0
     else:
         x, names = _read_input(args.input, model, args)
         result = _predict(model, x, args, args.batch_size, backend)
@@ -421,56 +459,65 @@ def cmd_predict(args):
 _DASK_CONNECT_TIMEOUT = "20s"
 
 
-def _predict_dask(model, args, backend):
-    """(outputs, row names) of ``predict --scheduler``: INPUT as a dask array (a .npy file
-    memory-mapped, other inputs read as usual) run by fastconv.dask on the threaded
-    scheduler ("threads") or on the dask.distributed scheduler at ADDRESS."""
+def _predict_dask(model, args, backend, out=None):
+    """(outputs, row names) of ``predict --scheduler``: INPUT streamed chunk by chunk
+    (a .npy file through a memory map, a folder's images decoded per chunk, other inputs
+    read whole) by :func:`fastconv.dask.predict_stream` on the threaded scheduler
+    ("threads") or on the dask.distributed scheduler at ADDRESS; with ``out`` (a .npy
+    path) the outputs are written there chunk by chunk."""
     from . import dask as fdask
-    _, da = fdask._require_dask()
+    fdask._require_dask()
     path = args.input
-    if path.lower().endswith(".npy") and os.path.isfile(path):
-        try:
-            x = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, EOFError) as exc:
-            raise UserError(f"cannot read {path!r} as a NumPy file: {exc}") from None
-        if x.ndim == 0:
-            raise UserError(f"{path!r} holds a scalar, not a batch of samples")
-        names = [f"[{i}]" for i in range(x.shape[0])]
-        scale = getattr(args, "scale", None)
-    else:
-        x, names = _read_input(path, model, args)   # scaled there
-        scale = None
-        if isinstance(x, dict):
-            raise UserError("--scheduler runs single-input models only")
     if len(model.input_names) != 1 or len(model.output_names) != 1:
         raise UserError(f"--scheduler runs single-input, single-output models only; the model has inputs "
                         f"{model.input_names} and outputs {model.output_names}")
+    scale = getattr(args, "scale", None)
+    if path.lower().endswith(".npy") and os.path.isfile(path):
+        try:
+            source = fdask.NpySource(path, scale=scale)
+        except FastconvError as exc:
+            raise UserError(str(exc).replace("fastconv.dask: ", "")) from None
+        names = [f"[{i}]" for i in range(len(source))]
+    elif os.path.isdir(path):
+        files = _image_files(path)
+        source = _ImageSource(files, _image_layout(model), scale)
+        names = [os.path.basename(f) for f in files]
+    else:
+        x, names = _read_input(path, model, args)   # scaled there
+        if isinstance(x, dict):
+            raise UserError("--scheduler runs single-input models only")
+        source = _ArraySource(x)
     rows = args.chunk_size or 8 * args.batch_size
-    d = da.from_array(x, chunks=(rows,) + tuple(x.shape[1:]))
-    if scale is not None:
-        if x.dtype.kind not in "biuf":
-            raise UserError(f"input {path!r}: an array of dtype {x.dtype} cannot be scaled")
-        d = d.astype(np.float32) * np.float32(scale)
     show = not getattr(args, "quiet", False) and sys.stdout.isatty() and sys.stderr.isatty()
-    if args.scheduler == "threads":
-        lazy = fdask.predict(model, d, batch_size=args.batch_size, backend=backend)
-        if show:
-            from dask.diagnostics import ProgressBar
-            with ProgressBar(out=sys.stderr):
-                return lazy.compute(scheduler="threads"), names
-        return lazy.compute(scheduler="threads"), names
-    from distributed import Client, progress
+    bar = _progress(None, args, desc="predicting", unit="sample", total=len(source)) if show else None
+    kw = dict(out=out, chunk_size=rows, batch_size=args.batch_size, backend=backend,
+              progress=None if bar is None or not hasattr(bar, "update") else bar.update)
     try:
-        client = Client(args.scheduler, timeout=_DASK_CONNECT_TIMEOUT)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise UserError(f"cannot connect to the dask scheduler at {args.scheduler!r}: {_one_line(exc)}") from None
-    with client:
-        with client.as_current():
-            lazy = fdask.predict(model, d, batch_size=args.batch_size, backend=backend)
-            future = client.compute(lazy)
-            if show:
-                progress(future)
-            return future.result(), names
+        if args.scheduler == "threads":
+            return fdask.predict_stream(model, source, **kw), names
+        from distributed import Client
+        try:
+            client = Client(args.scheduler, timeout=_DASK_CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UserError(f"cannot connect to the dask scheduler at {args.scheduler!r}: {_one_line(exc)}") from None
+        with client:
+            return fdask.predict_stream(model, source, client=client, **kw), names
+    finally:
+        if bar is not None and hasattr(bar, "close"):
+            bar.close()
+
+
+class _ArraySource:
+    """An in-memory array as a :func:`fastconv.dask.predict_stream` source."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.dtype = x, x.shape, x.dtype
+
+    def __len__(self):
+        return self.shape[0]
+
+    def read(self, start, stop):
+        return self.x[start:stop]
 
 
 def _write_output(out, result, model, names, args):

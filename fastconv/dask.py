@@ -13,6 +13,13 @@ How it works:
 * Each worker process keeps the models it has loaded in a small cache keyed by the
   content hash (:data:`_CACHE`), so it loads a model once, not once per chunk;
   :func:`load_count` tells how many loads this process did (for tests).
+* Inputs larger than memory: :func:`predict_npy` / :func:`predict_stream` read the
+  input chunk by chunk and write each chunk's outputs as it arrives (into an array or a
+  ``.npy`` file opened as a memory map), so neither the client nor the graph ever holds
+  the whole input. On the threaded scheduler the reads are tasks of the graph (which
+  holds a path, not data); on a cluster the client reads a chunk, submits it as one task
+  (its data travels in the task, so Dask can rerun it if a worker dies) and keeps at most
+  ``max_in_flight`` chunks submitted at once.
 * Threads: each task runs its kernels on ``threads_per_task`` threads, set per task thread
   (the process-wide :func:`fastconv.set_num_threads` is untouched). By default that is the
   fair share that avoids oversubscription: on a distributed worker, the worker's
@@ -33,7 +40,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError, NotSupportedError
 
-__all__ = ["predict", "load_count"]
+__all__ = ["predict", "predict_npy", "predict_stream", "load_count"]
 
 _LOCK = threading.Lock()
 _CACHE = OrderedDict()     # content hash -> Model, per process (a worker's model cache)
@@ -198,6 +205,11 @@ def predict(model, darr, batch_size=32, backend="auto", threads_per_task=None):
                                    "darr.compute_chunk_sizes() first")
     kind, data, digest = _payload(model)
     local = model if isinstance(model, Model) else _load(kind, data)
+    return _predict_lazy(kind, data, digest, local, darr, batch_size, backend, threads_per_task)
+
+
+def _predict_lazy(kind, data, digest, local, darr, batch_size, backend, threads_per_task):
+    dask, da = _require_dask()
     if len(local.input_names) != 1:
         raise NotSupportedError(f"fastconv.dask.predict: the model has {len(local.input_names)} inputs "
                                 f"{local.input_names}; only single-input models are supported")
@@ -226,3 +238,211 @@ def predict(model, darr, batch_size=32, backend="auto", threads_per_task=None):
         tuple(probe.shape[1:]), None, new_axes={l: s for l, s in zip(out_extra, probe.shape[1:])}, concatenate=True,
         dtype=np.float32, meta=np.empty((0,) * probe.ndim, np.float32),
         token="fastconv-predict")
+
+
+# ------------------------------------------------------------------ streaming a large input
+
+class NpySource:
+    """Rows of a ``.npy`` file, read on demand through a memory map (picklable: a path).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npy`` file of shape (samples, ...).
+    scale : float, optional
+        Multiply each chunk by this (as float32) when read; the file is never modified.
+    """
+
+    def __init__(self, path, scale=None):
+        self.path = os.fspath(path)
+        try:
+            m = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise InvalidArgumentError(f"fastconv.dask: cannot read {self.path!r} as a .npy file: {exc}") from None
+        if m.ndim == 0:
+            raise InvalidArgumentError(f"fastconv.dask: {self.path!r} holds a scalar, not a batch of samples")
+        if scale is not None and m.dtype.kind not in "biuf":
+            raise InvalidArgumentError(f"fastconv.dask: an array of dtype {m.dtype} cannot be scaled")
+        self.shape, self.dtype, self.scale = tuple(m.shape), m.dtype, scale
+        del m
+
+    def __len__(self):
+        return self.shape[0]
+
+    def read(self, start, stop):
+        """Rows ``start:stop`` as an in-memory array (float32 when scaled)."""
+        m = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        rows = np.array(m[start:stop])
+        del m
+        if self.scale is not None:
+            rows = rows.astype(np.float32) * np.float32(self.scale)
+        return rows
+
+
+def _read_block(source, start, stop):
+    return source.read(start, stop)
+
+
+def _bounds(n, chunk_size):
+    return [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+
+
+def predict_npy(model, path, out=None, *, scale=None, **kwargs):
+    """Run a model over a ``.npy`` file larger than memory, chunk by chunk.
+
+    Parameters
+    ----------
+    model : str, os.PathLike, bytes or fastconv.Model
+        As :func:`predict`.
+    path : str or os.PathLike
+        The inputs, (samples, ...) as the model takes them; memory-mapped, never loaded whole.
+    out : str, os.PathLike or numpy.ndarray, optional
+        Where the outputs go: a ``.npy`` path (created, written chunk by chunk through a
+        memory map) or a float32 array of the output's shape. Default: a new array.
+    scale : float, optional
+        Multiply the inputs by this as they are read (e.g. 1/255).
+    **kwargs
+        ``client``, ``chunk_size``, ``batch_size``, ``backend``, ``threads_per_task``,
+        ``max_in_flight``, ``progress``: see :func:`predict_stream`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The outputs (a ``numpy.memmap`` on ``out`` when it is a path).
+    """
+    return predict_stream(model, NpySource(path, scale=scale), out=out, **kwargs)
+
+
+def predict_stream(model, source, out=None, *, client=None, chunk_size=256, batch_size=32, backend="auto",
+                   threads_per_task=None, max_in_flight=None, progress=None):
+    """Run a single-input, single-output model over ``source`` without holding all of it.
+
+    Parameters
+    ----------
+    model : str, os.PathLike, bytes or fastconv.Model
+        As :func:`predict`.
+    source : object
+        The inputs: ``len(source)`` samples, ``source.shape`` (samples, ...) and
+        ``source.read(start, stop)`` returning those rows as an array (e.g.
+        :class:`NpySource`). On the threaded scheduler ``read`` runs in the tasks, so it
+        must be thread-safe and picklable; on a cluster it runs on the client.
+    out : str, os.PathLike or numpy.ndarray, optional
+        As :func:`predict_npy`.
+    client : distributed.Client, optional
+        Run on this cluster; default: dask's threaded scheduler in this process.
+    chunk_size : int
+        Samples per task (the unit of work, of retry and of memory).
+    batch_size, backend, threads_per_task
+        As :func:`predict`.
+    max_in_flight : int, optional
+        On a cluster, how many chunks are submitted at once (default: twice the
+        cluster's worker threads): the client and the scheduler hold at most this many.
+    progress : callable, optional
+        Called as ``progress(rows)`` each time a chunk's ``rows`` outputs are written.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 outputs, (samples, ...) in input order.
+    """
+    dask, da = _require_dask()
+    from .models import Model
+    for name, v in (("chunk_size", chunk_size), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidArgumentError(f"fastconv.dask.predict_stream: argument `{name}` must be a positive "
+                                       f"integer; got {v!r}")
+    if max_in_flight is not None and (isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
+                                      or max_in_flight < 1):
+        raise InvalidArgumentError(f"fastconv.dask.predict_stream: argument `max_in_flight` must be a positive "
+                                   f"integer or None; got {max_in_flight!r}")
+    n, sample_shape = len(source), tuple(source.shape[1:])
+    kind, data, digest = _payload(model)
+    local = model if isinstance(model, Model) else _load(kind, data)
+    if len(local.input_names) != 1 or len(local.output_names) != 1:
+        raise NotSupportedError(
+            f"fastconv.dask.predict_stream: only single-input, single-output models are supported; the model "
+            f"has inputs {local.input_names} and outputs {local.output_names}")
+    probe = local.predict(np.zeros((1,) + sample_shape, np.float32), backend=backend)
+    if not isinstance(probe, np.ndarray):
+        raise NotSupportedError("fastconv.dask.predict_stream: the model's output is not one array")
+    out_shape = (n,) + tuple(probe.shape[1:])
+    target = _target(out, out_shape)
+    bounds = _bounds(n, chunk_size)
+    from ._threads import get_num_threads
+    client_threads = get_num_threads()
+    if client is None:
+        # the threaded scheduler: reads, predictions and writes are all tasks of one graph
+        blocks = [da.from_delayed(dask.delayed(_read_block, pure=True)(source, a, b), (b - a,) + sample_shape,
+                                  dtype=source.dtype) for a, b in bounds]
+        if not blocks:
+            return target
+        x = da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+        y = _predict_lazy(kind, data, digest, local, x, batch_size, backend, threads_per_task)
+        writer = _Writer(target, progress)
+        da.store(y, writer, lock=False, compute=True, scheduler="threads")
+        return target
+    return _stream_to_cluster(client, source, target, bounds, kind, data, digest, batch_size, backend,
+                              threads_per_task, client_threads, tuple(probe.shape[1:]), max_in_flight, progress)
+
+
+class _Writer:
+    """A ``da.store`` target writing into ``target`` and reporting rows to ``progress``."""
+
+    def __init__(self, target, progress):
+        self.target, self.progress = target, progress
+        self.shape, self.dtype, self.ndim = target.shape, target.dtype, target.ndim
+
+    def __setitem__(self, key, value):
+        self.target[key] = value
+        if self.progress is not None:
+            self.progress(value.shape[0])
+
+
+def _target(out, shape):
+    if out is None:
+        return np.empty(shape, np.float32)
+    if isinstance(out, np.ndarray):
+        if out.shape != shape or out.dtype != np.float32:
+            raise InvalidArgumentError(f"fastconv.dask: argument `out` must be a float32 array of shape {shape}; "
+                                       f"got {out.dtype} {out.shape}")
+        return out
+    if isinstance(out, (str, os.PathLike)):
+        return np.lib.format.open_memmap(os.fspath(out), mode="w+", dtype=np.float32, shape=shape)
+    raise InvalidArgumentError(f"fastconv.dask: argument `out` must be None, a .npy path or an array; "
+                               f"got {type(out).__name__}")
+
+
+def _stream_to_cluster(client, source, target, bounds, kind, data, digest, batch_size, backend,
+                       threads_per_task, client_threads, out_tail, max_in_flight, progress):
+    from distributed import as_completed
+    # the model goes to every worker once; a worker that joins later fetches it from another
+    payload = client.scatter(_Payload(kind, data), broadcast=True, hash=False)
+    if max_in_flight is None:
+        max_in_flight = 2 * max(1, sum(client.nthreads().values()))
+    pending, done = {}, as_completed()
+    chunks = iter(bounds)
+    for a, b in chunks:
+        _submit(client, pending, done, source, a, b, payload, digest, batch_size, backend, threads_per_task,
+                client_threads, out_tail)
+        if len(pending) >= max_in_flight:
+            break
+    for fut in done:
+        a, b = pending.pop(fut)
+        target[a:b] = fut.result()   # a failed chunk raises here; a lost worker's chunk was rerun by Dask
+        fut.release()
+        if progress is not None:
+            progress(b - a)
+        for a, b in chunks:   # refill: one new chunk for each finished one
+            _submit(client, pending, done, source, a, b, payload, digest, batch_size, backend,
+                    threads_per_task, client_threads, out_tail)
+            break
+    return target
+
+
+def _submit(client, pending, done, source, a, b, payload, digest, batch_size, backend, threads_per_task,
+            client_threads, out_tail):
+    block = np.ascontiguousarray(source.read(a, b))
+    fut = client.submit(_predict_block, block, payload, digest, batch_size, backend, threads_per_task,
+                        client_threads, out_tail, pure=False, key=f"fastconv-chunk-{a}-{b}-{digest[:12]}-{id(pending)}")
+    pending[fut] = (a, b)
+    done.add(fut)

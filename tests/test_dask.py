@@ -195,3 +195,119 @@ def test_cli_scheduler_images(tmp_path, capsys):
     assert cli.main(["predict", "demo", str(tmp_path / "d"), "--scale", "1/255", "-q", "--scheduler", "threads",
                      "--chunk-size", "2"]) == 0
     assert capsys.readouterr().out == plain
+
+
+# ------------------------------------------------------------------ streaming inputs larger than memory
+
+class CountingSource(fdask.NpySource):
+    """An NpySource that records each read (rows and order) and the chunks read but not yet written."""
+
+    def __init__(self, path, **kw):
+        super().__init__(path, **kw)
+        self.reads, self.written, self.most_pending = [], 0, 0
+
+    def read(self, start, stop):
+        self.reads.append((start, stop))
+        self.most_pending = max(self.most_pending, len(self.reads) - self.written)
+        return super().read(start, stop)
+
+    def wrote(self, rows):
+        self.written += 1
+
+
+def _check_reads(reads, n, chunk):
+    assert sorted(reads) == [(a, min(a + chunk, n)) for a in range(0, n, chunk)]   # each row once
+
+
+def test_stream_npy_threaded(tmp_path, x, expected):
+    np.save(tmp_path / "x.npy", x)
+    src = CountingSource(tmp_path / "x.npy")
+    res = fdask.predict_stream(MODEL, src, chunk_size=64, batch_size=16, progress=src.wrote)
+    assert res.dtype == np.float32 and np.array_equal(res, expected)
+    _check_reads(src.reads, len(x), 64)
+    assert src.written == 5
+    # into a .npy written through a memory map; the input file is untouched
+    before = (tmp_path / "x.npy").read_bytes()
+    out = fdask.predict_npy(MODEL, tmp_path / "x.npy", tmp_path / "y.npy", chunk_size=100)
+    assert isinstance(out, np.memmap)
+    del out
+    assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
+    assert (tmp_path / "x.npy").read_bytes() == before
+    # scaled as read; into a given array
+    target = np.zeros_like(expected)
+    got = fdask.predict_npy(MODEL, tmp_path / "x.npy", target, scale=0.5, chunk_size=128)
+    assert got is target and np.array_equal(target, fastconv.load_model(MODEL).predict(x * np.float32(0.5)))
+
+
+def test_stream_graph_holds_paths_not_data(tmp_path, x):
+    # the threaded graph's read tasks carry the source (a path), not its rows
+    import pickle
+    np.save(tmp_path / "x.npy", x)
+    src = fdask.NpySource(tmp_path / "x.npy")
+    assert len(pickle.dumps(src)) < 1000 < x.nbytes
+    assert np.array_equal(pickle.loads(pickle.dumps(src)).read(5, 9), x[5:9])
+
+
+def test_stream_errors(tmp_path, x, expected):
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(InvalidArgumentError, match="chunk_size"):
+        fdask.predict_npy(MODEL, tmp_path / "x.npy", chunk_size=0)
+    with pytest.raises(InvalidArgumentError, match="max_in_flight"):
+        fdask.predict_npy(MODEL, tmp_path / "x.npy", max_in_flight=0)
+    with pytest.raises(InvalidArgumentError, match=r"`out` must be a float32 array of shape \(300, 24\)"):
+        fdask.predict_npy(MODEL, tmp_path / "x.npy", np.zeros((3, 24), np.float32))
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(InvalidArgumentError, match="cannot read"):
+        fdask.predict_npy(MODEL, tmp_path / "bad.npy")
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    with pytest.raises(InvalidArgumentError, match="cannot be scaled"):
+        fdask.predict_npy(MODEL, tmp_path / "s.npy", scale=2.0)
+
+
+def test_stream_cluster_bounded_and_loads_once(tmp_path, cluster, x, expected):
+    _, client = cluster
+    np.save(tmp_path / "x.npy", x)
+    src = CountingSource(tmp_path / "x.npy")
+    before = client.run(fdask.load_count)
+    res = fdask.predict_stream(MODEL, src, client=client, chunk_size=20, max_in_flight=3, progress=src.wrote)
+    assert np.array_equal(res, expected)
+    _check_reads(src.reads, len(x), 20)
+    assert src.written == 15 and src.most_pending <= 3     # never more than 3 chunks on their way
+    after = client.run(fdask.load_count)
+    assert all(after[k] - before.get(k, 0) <= 1 for k in after)
+
+
+def test_stream_cluster_worker_killed(tmp_path, cluster, x, expected):
+    _, client = cluster
+    big = np.concatenate([x] * 4)
+    np.save(tmp_path / "x.npy", big)
+    pids = client.run(os.getpid)
+    victim = sorted(pids)[0]
+    state = {"written": 0, "killed_at": None}
+
+    def progress(rows):
+        state["written"] += 1
+        if state["written"] == 3:
+            state["killed_at"] = state["written"]
+            os.kill(pids[victim], signal.SIGKILL)
+
+    res = fdask.predict_npy(MODEL, tmp_path / "x.npy", client=client, chunk_size=10, max_in_flight=8,
+                            progress=progress)
+    assert state["killed_at"] == 3 and state["written"] == 120
+    assert np.array_equal(res, np.concatenate([expected] * 4))
+    deadline = time.monotonic() + 30          # the nanny restarts the worker for later tests
+    while time.monotonic() < deadline:
+        now = client.run(os.getpid)
+        if len(now) == 2 and pids[victim] not in now.values():
+            break
+        time.sleep(0.2)
+
+
+def test_cli_scheduler_streams_npy_to_npy(tmp_path, cluster, x, expected, capsys):
+    np.save(tmp_path / "x.npy", x)
+    for sched in ("threads", cluster[0].scheduler_address):
+        out = tmp_path / "p.npy"
+        assert cli.main(["predict", MODEL, str(tmp_path / "x.npy"), "-o", str(out), "--scheduler", sched,
+                         "--chunk-size", "50", "-q"]) == 0
+        assert f"wrote {out}: (300, 24) float32" in capsys.readouterr().out
+        assert np.array_equal(np.load(out), expected)
