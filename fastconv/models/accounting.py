@@ -511,6 +511,14 @@ class Profile:
     seconds: float      # sum of the steps' median times
     flops: int
     macs: int
+    #: the largest total of activations alive at once during a run (bytes; memory shared
+    #: by views counted once) and the step running then
+    peak_activation_bytes: int = 0
+    peak_step: str = ""
+    #: the model's weights as loaded (bytes)
+    weight_bytes: int = 0
+    #: steps that wrote their result over a dead input instead of a new array
+    in_place_steps: int = 0
 
     @property
     def gflops(self):
@@ -522,7 +530,10 @@ class Profile:
         rows.append(("total", "", f"{self.seconds * 1e3:.3f}", "100.0%", f"{self.macs:,}", f"{self.gflops:.2f}"))
         head = (f"Profile: batch {self.batch_size}, backend {self.backend!r}, median of {self.repeat} run(s) "
                 f"per step (execution graph: folded/fused steps named after the layers they absorb)")
-        return head + "\n" + _table(("Step", "Type", "ms", "time %", "MACs", "GFLOP/s"), rows, "llrrrr")
+        mem = (f"Memory: weights {self.weight_bytes / 2**20:.2f} MiB; peak live activations "
+               f"{self.peak_activation_bytes / 2**20:.2f} MiB (during {self.peak_step}); "
+               f"{self.in_place_steps} step(s) wrote over a dead input")
+        return head + "\n" + mem + "\n" + _table(("Step", "Type", "ms", "time %", "MACs", "GFLOP/s"), rows, "llrrrr")
 
     __str__ = table
 
@@ -584,10 +595,11 @@ def profile(model, x, repeat=5, warmup=1, backend="auto"):
     def timer(step, seconds):
         times.setdefault(id(step), []).append(seconds)
 
-    for _ in range(warmup):
-        graph.run(feeds, keys, backend)
-    for _ in range(repeat):
-        graph.run(feeds, keys, backend, timer=timer)
+    stats = {}   # memory figures, from the first run
+    for i in range(warmup):
+        graph.run(feeds, keys, backend, stats=stats if i == 0 else None)
+    for i in range(repeat):
+        graph.run(feeds, keys, backend, timer=timer, stats=stats if i == 0 and not warmup else None)
     absorbed = _absorbed(graph)
     steps = [s for s in graph.plan if id(s) in times]
     med = {id(s): statistics.median(times[id(s)]) for s in steps}
@@ -603,5 +615,20 @@ def profile(model, x, repeat=5, warmup=1, backend="auto"):
         records.append(ProfileRecord(label, names, chain[0].layer.class_name, sec, macs, flops,
                                      flops / sec / 1e9 if sec > 0 else 0.0,
                                      sec / total_time if total_time > 0 else 0.0))
+    weight_bytes = sum(w.nbytes for layer in _leaf_layers(graph) for w in layer.weights.values())
     return Profile(records, batch, str(backend), int(repeat), total_time, sum(r.flops for r in records),
-                   sum(r.macs for r in records))
+                   sum(r.macs for r in records), stats.get("peak_bytes", 0), stats.get("peak_step", ""),
+                   weight_bytes, stats.get("donated", 0))
+
+
+def _leaf_layers(graph, seen=None):
+    """Every layer of ``graph`` and its nested models, once."""
+    seen = set() if seen is None else seen
+    for layer in graph.layers:
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if _is_graph(layer):
+            yield from _leaf_layers(layer, seen)
+        else:
+            yield layer

@@ -110,6 +110,15 @@ class Layer:
     def call(self, x, backend):  # pragma: no cover - every subclass overrides it
         raise NotImplementedError
 
+    #: Whether :meth:`call_donated` can write the result over a donated input.
+    donates = False
+
+    def call_donated(self, x, backend, donated):
+        """:meth:`call`, free to overwrite the inputs at the flat positions ``donated`` (the
+        engine's own arrays, dead after this call) and to return one of them as the result.
+        Elementwise layers override it; the result must equal :meth:`call`'s bit for bit."""
+        return self.call(x, backend)
+
     def __repr__(self):
         return f"<{self.class_name} {self.name!r}>"
 
@@ -490,16 +499,29 @@ class BatchNormalization(Layer):
         self.mul = inv.astype(DTYPE)
         self.add = add.astype(DTYPE)
 
-    def call(self, x, backend):
+    def _shape(self, x):
         axes = _norm_axes(self.axes, x.ndim, self)
-        shape = _bshape(x, axes)
         if int(np.prod([x.shape[a] for a in axes])) != self.mul.size:
             raise InvalidArgumentError(
                 f"layer {self.name!r} (BatchNormalization): {self.mul.size} parameters do not fit the "
                 f"normalized axes {axes} of an input of shape {x.shape}")
+        return _bshape(x, axes)
+
+    def call(self, x, backend):
+        shape = self._shape(x)
         y = np.multiply(x, self.mul.reshape(shape))  # one new array: fresh pages cost page faults
         y += self.add.reshape(shape)
         return y
+
+    donates = True
+
+    def call_donated(self, x, backend, donated):
+        if x.dtype != DTYPE:
+            return self.call(x, backend)
+        shape = self._shape(x)
+        np.multiply(x, self.mul.reshape(shape), out=x)
+        x += self.add.reshape(shape)
+        return x
 
 
 class LayerNormalization(Layer):
@@ -589,6 +611,15 @@ class Rescaling(Layer):
     def call(self, x, backend):
         return x * self.scale + self.offset
 
+    donates = True
+
+    def call_donated(self, x, backend, donated):
+        if x.dtype != DTYPE or np.broadcast_shapes(x.shape, self.scale.shape, self.offset.shape) != x.shape:
+            return self.call(x, backend)
+        np.multiply(x, self.scale, out=x)
+        x += self.offset
+        return x
+
 
 # ---------------------------------------------------------------------- activations
 
@@ -600,6 +631,11 @@ class Activation(Layer):
 
     def call(self, x, backend):
         return apply_activation(self.activation, x)
+
+    donates = True
+
+    def call_donated(self, x, backend, donated):
+        return apply_activation(self.activation, x, owned=True)
 
 
 class ReLU(Layer):
@@ -614,6 +650,16 @@ class ReLU(Layer):
     def call(self, x, backend):
         return activations.relu(x, negative_slope=self.slope, max_value=self.max_value,
                                 threshold=self.threshold)
+
+    donates = True
+
+    def call_donated(self, x, backend, donated):
+        if self.slope or self.threshold or x.dtype.kind != "f":
+            return self.call(x, backend)
+        np.maximum(x, x.dtype.type(0), out=x)   # the ReLU of MobileNets and ResNets, in place
+        if self.max_value is not None:
+            np.minimum(x, x.dtype.type(self.max_value), out=x)
+        return x
 
 
 class LeakyReLU(Layer):
@@ -836,6 +882,35 @@ class Merge(Layer):
         if self.class_name == "Average":
             y = y / y.dtype.type(len(xs))
         return y if len(xs) > 1 else y.copy()
+
+    donates = True
+
+    def call_donated(self, xs, backend, donated):
+        # the same operations in the same order as call(), written into a donated input
+        # that already has the result's shape and dtype
+        if not isinstance(xs, (list, tuple)) or len(xs) < 2:
+            return self.call(xs, backend)
+        try:
+            shape = np.broadcast_shapes(*(np.shape(t) for t in xs))
+        except ValueError:
+            return self.call(xs, backend)
+        dtype = np.result_type(*xs)
+        # only the first two inputs: the first operation reads both before anything is written
+        out = next((xs[j] for j in donated if j < 2 and xs[j].shape == shape and xs[j].dtype == dtype), None)
+        if out is None:
+            return self.call(xs, backend)
+        if self.class_name == "Subtract":
+            if len(xs) != 2:
+                return self.call(xs, backend)
+            return np.subtract(xs[0], xs[1], out=out)
+        op = {"Add": np.add, "Multiply": np.multiply, "Average": np.add,
+              "Maximum": np.maximum, "Minimum": np.minimum}[self.class_name]
+        op(xs[0], xs[1], out=out)
+        for t in xs[2:]:
+            op(out, t, out=out)
+        if self.class_name == "Average":
+            np.true_divide(out, out.dtype.type(len(xs)), out=out)
+        return out
 
 
 class Concatenate(Layer):

@@ -443,13 +443,24 @@ class Graph:
             layer.set_weights([d[i] for i in range(len(d))])
 
     # -- running
-    def run(self, feeds, keys, backend, timer=None):
+    def run(self, feeds, keys, backend, timer=None, stats=None):
         """Compute ``keys`` given {input layer name: array}; returns {key: array}.
 
         Uses the optimised plan (folded BatchNormalization, fused activations)
         unless a requested tensor only exists in the original graph. ``timer``,
         if given, is called as ``timer(step, seconds)`` after each step that
-        runs a layer (``time.perf_counter`` around the call; for Model.profile)."""
+        runs a layer (``time.perf_counter`` around the call; for Model.profile).
+
+        Memory: each activation is released right after its last use, and an
+        elementwise layer (activations, BatchNormalization, Rescaling, Add and the
+        other merges) writes its result over an input that dies at that step
+        (:meth:`Layer.call_donated`), so a chain of them reuses one buffer. An
+        array is donated only when the engine made it, nothing else alive shares
+        its memory (views included) and it is not an input or a requested output:
+        callers' arrays are never written. ``stats``, if a dict, receives
+        ``peak_bytes`` (the largest total of live activations, counting shared
+        memory once), ``peak_step`` (the layer running then) and ``donated``
+        (how many steps wrote over an input)."""
         if timer is not None:
             from time import perf_counter
         plan = self.plan
@@ -473,23 +484,44 @@ class Graph:
                 last_use[k] = i
         keep = set(keys)
         values = {}
+        live = _LiveSet()
         for i, step in enumerate(order):
             if step.inputs is None:
-                values[step.outputs[0]] = feeds[step.layer.name]
+                v = feeds[step.layer.name]
+                values[step.outputs[0]] = v
+                live.add(v, owned=False)         # the caller's array: never written
                 continue
-            args = _rebuild(step.inputs, [values[k] for k in step.input_keys])
+            flat = [values[k] for k in step.input_keys]
+            args = _rebuild(step.inputs, flat)
+            donated = ()
+            if getattr(step.layer, "donates", False):
+                donated = tuple(j for j, k in enumerate(step.input_keys)
+                                if last_use[k] == i and k not in keep and step.input_keys.count(k) == 1
+                                and live.sole_owner(flat[j]))
             if timer is not None:
                 t0 = perf_counter()
             if isinstance(step.layer, Graph):
-                for k, v in zip(step.outputs, step.layer.call(args, backend)):
-                    values[k] = v
+                outs = step.layer.call(args, backend)
+            elif donated:
+                outs = [_call_layer(step.layer, args, backend, donated)]
             else:
-                values[step.outputs[0]] = _call_layer(step.layer, args, backend)
+                outs = [_call_layer(step.layer, args, backend)]
             if timer is not None:
                 timer(step, perf_counter() - t0)
+            in_roots = {id(_root(a)) for a in flat}
+            # fresh memory from a built-in layer is the engine's (a registered layer's output might
+            # be an array the layer keeps); a view or an input passed through inherits its owner
+            fresh_ok = isinstance(step.layer, Graph) or type(step.layer).__module__ == _BUILTIN_LAYERS
+            for k, v in zip(step.outputs, outs):
+                values[k] = v
+                live.add(v, owned=(fresh_ok and id(_root(v)) not in in_roots) or live.owned(v))
+            if stats is not None:
+                stats["donated"] = stats.get("donated", 0) + bool(donated)
+                if live.bytes > stats.get("peak_bytes", -1):
+                    stats["peak_bytes"], stats["peak_step"] = live.bytes, step.layer.name
             for k in step.input_keys:
-                if last_use.get(k) == i and k not in keep:
-                    values.pop(k, None)
+                if last_use.get(k) == i and k not in keep and k in values:
+                    live.discard(values.pop(k))
         return {k: values[k] for k in keys}
 
     # -- plans
@@ -525,10 +557,61 @@ class Graph:
         return [vals[k] for k in keys]
 
 
-def _call_layer(layer, args, backend):
-    """``layer.call``, with NumPy's complaints about a model inconsistent with its input
-    (shapes that don't broadcast or concatenate...) turned into a fastconv error naming the layer."""
+_BUILTIN_LAYERS = InputLayer.__module__
+
+
+def _root(a):
+    """The array that owns ``a``'s memory (``a`` itself, or the end of its ``.base`` chain)."""
+    while isinstance(getattr(a, "base", None), np.ndarray):
+        a = a.base
+    return a
+
+
+class _LiveSet:
+    """The arrays alive during a run, by the memory they use: how many live values share
+    each owning array, whether the engine made it, and the bytes alive in all."""
+
+    __slots__ = ("count", "mine", "bytes")
+
+    def __init__(self):
+        self.count, self.mine, self.bytes = {}, set(), 0
+
+    def add(self, v, owned):
+        r = _root(v)
+        key = id(r)
+        if key not in self.count:
+            self.count[key] = 0
+            self.bytes += getattr(r, "nbytes", 0)
+            if owned:
+                self.mine.add(key)
+        self.count[key] += 1
+
+    def discard(self, v):
+        r = _root(v)
+        key = id(r)
+        self.count[key] -= 1
+        if not self.count[key]:
+            del self.count[key]
+            self.mine.discard(key)
+            self.bytes -= getattr(r, "nbytes", 0)
+
+    def owned(self, v):
+        return id(_root(v)) in self.mine
+
+    def sole_owner(self, v):
+        """Whether ``v`` may be overwritten: the engine made its memory and no other live value uses it."""
+        key = id(_root(v))
+        return key in self.mine and self.count.get(key) == 1 and isinstance(v, np.ndarray) \
+            and v.flags.writeable
+
+
+def _call_layer(layer, args, backend, donated=()):
+    """``layer.call`` (or ``call_donated`` when inputs are donated), with NumPy's complaints about
+    a model inconsistent with its input (shapes that don't broadcast or concatenate...) turned into
+    a fastconv error naming the layer."""
     try:
+        if donated:
+            return layer.call_donated(args, backend, donated)
         return layer.call(args, backend)
     except FastconvError:
         raise
@@ -849,7 +932,11 @@ class Model:
         fastconv.models.accounting.Profile
             ``records`` (one :class:`ProfileRecord` per executed step: ``name``,
             ``layers``, ``seconds``, ``macs``, ``flops``, ``gflops``, ``share``
-            of the summed step times) and totals; ``print(result)`` prints a table.
+            of the summed step times) and totals; memory of the first run:
+            ``peak_activation_bytes`` (the most activation memory alive at once;
+            the engine frees each activation after its last use and writes
+            elementwise layers over dead inputs), ``peak_step``, ``weight_bytes``,
+            ``in_place_steps``; ``print(result)`` prints a table.
         """
         from . import accounting
         return accounting.profile(self, x, repeat=repeat, warmup=warmup, backend=backend)
