@@ -1,4 +1,5 @@
-"""Throughput of fastconv.dask.predict: in-process vs the threaded scheduler vs a local cluster.
+"""Throughput of fastconv.dask.predict: in-process vs the threaded scheduler vs a local cluster
+(a dask array in memory, and streamed from a .npy file with predict_npy).
 
     python bench/dask_throughput.py [--model tests/fixtures/models/sign_mnist.keras] [--samples 8192]
                                     [--chunk 256] [--batch-size 32] [--repeat 3]
@@ -36,6 +37,8 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
 
+    import tempfile
+
     import dask.array as da
     import distributed
     import fastconv
@@ -57,6 +60,13 @@ def main():
                    args.repeat)
     assert np.array_equal(out, ref)
     print(f"dask threaded scheduler              {t:8.3f} s  {n / t:9.0f} samples/s")
+    tmp = tempfile.mkdtemp()
+    path = os.path.join(tmp, "x.npy")
+    np.save(path, x)
+    t, out = _time(lambda: fdask.predict_npy(model, path, chunk_size=args.chunk, batch_size=args.batch_size),
+                   args.repeat)
+    assert np.array_equal(out, ref)
+    print(f"threaded, streamed from .npy         {t:8.3f} s  {n / t:9.0f} samples/s")
 
     with distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                                   dashboard_address=None, host="127.0.0.1", silence_logs=40) as cluster, \
@@ -67,6 +77,12 @@ def main():
         assert np.array_equal(out, ref)
         print(f"{f'LocalCluster {args.workers} workers x 1 thread':<37}{t:8.3f} s  {n / t:9.0f} samples/s  "
               f"(loads per worker: {client.run(fdask.load_count)})")
+        t, out = _time(lambda: fdask.predict_npy(args.model, path, client=client, chunk_size=args.chunk,
+                                                 batch_size=args.batch_size), args.repeat)
+        assert np.array_equal(out, ref)
+        print(f"{'LocalCluster, streamed from .npy':<37}{t:8.3f} s  {n / t:9.0f} samples/s")
+    os.unlink(path)
+    os.rmdir(tmp)
 
 
 if __name__ == "__main__":
