@@ -24,10 +24,15 @@ def test_auto_takes_each_op_from_the_first_backend_that_has_it(monkeypatch):
     monkeypatch.setitem(backends._failed, "numba", ImportError("no numba"))
     monkeypatch.delitem(backends._loaded, "numba")
     assert backends.resolve("auto", "max_pool") is cython.max_pool
+    assert backends.resolve("auto", "conv") is cython.conv
+    # an op neither compiled backend has comes from the reference
+    monkeypatch.setattr(cython, "OPS", cython.OPS - {"conv"})
     assert backends.resolve("auto", "conv") is backends.reference.conv
 
 
-def test_backend_without_the_op_says_so():
+def test_backend_without_the_op_says_so(monkeypatch):
+    from fastconv.backends import cython
+    monkeypatch.setattr(cython, "OPS", cython.OPS - {"conv"})
     with pytest.raises(errors.NotSupportedError, match="backend 'cython' does not implement 'conv' yet"):
         fastconv.conv2d(np.ones((1, 3, 3, 1)), np.ones((1, 1, 1, 1)), backend="cython")
 

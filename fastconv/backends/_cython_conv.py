@@ -1,6 +1,428 @@
-"""Cython backend, convolutions: ``conv`` and ``conv_transpose`` (being written).
+"""Cython backend, convolutions: ``conv`` and ``conv_transpose``.
 
-``OPS`` lists the kernel-contract names this module implements so far.
+How a convolution is computed (:func:`choose_algorithm` makes the choice, the
+kernels are in ``_cython/conv.pyx``):
+
+* ``"gemm_1x1"``: a 1x1, stride-1, unpadded convolution is a GEMM straight on
+  the channels-last buffer, (N * pixels, C) x (C, F), by row tiles;
+* ``"im2col_gemm"``: otherwise the patches of one tile of output pixels at a
+  time are packed into a per-thread buffer (implicit im2col, never the whole
+  matrix) and multiplied by the kernel, which in Keras's layout (KD, KH, KW,
+  Cg, F) already *is* the (K * Cg, F) matrix; grouped convolutions run one GEMM
+  per group on the same packed tile with strided operands, nothing copied apart;
+* ``"direct_few_channels"``: with few input channels (RGB stems, 3-D volumes with
+  one channel) a GEMM is too thin to pay, so a direct kernel keeps 8 output
+  pixels x 16 output channels in registers and runs over taps x channels;
+* ``"fft"``: large kernels whose FFT costs less than the direct sum
+  (see :func:`choose_algorithm`), in SciPy's FFT.
+
+A transposed convolution is split into its ``prod(strides)`` output phases,
+each a stride-1 convolution with a subset of the taps (see :func:`_phases`); all
+phases run in one parallel loop of the engines above, each writing its strided
+slice of the output (no zero insertion, no scatter-add).
+
+Threads: one OpenMP ``prange`` over tasks per call, with
+``num_threads = fastconv.get_num_threads()``; BLAS runs single-threaded inside it
+(:func:`fastconv.backends._blas.single_threaded`), so nothing is oversubscribed.
+Bias and activation are applied to each task's output block while it is in
+cache; activations outside ``ACT_CODES`` (none at present) would be applied to
+the whole output afterwards with :func:`fastconv.activations.apply`.
 """
 
-OPS = frozenset()
+import itertools
+import math
+import threading
+
+import numpy as np
+import scipy.fft
+
+from .. import activations
+from .._threads import get_num_threads
+from . import _blas
+from ._cython import conv as _k
+
+OPS = frozenset({"conv", "conv_transpose"})
+
+#: Activations the kernels apply in their epilogue, by code (see ``_act`` in conv.pyx).
+ACT_CODES = {None: 0, "linear": 0, "relu": 1, "relu6": 2, "leaky_relu": 3, "elu": 4, "selu": 5,
+             "celu": 6, "gelu": 7, "sigmoid": 8, "hard_sigmoid": 9, "silu": 10, "swish": 10,
+             "hard_silu": 11, "hard_swish": 11, "tanh": 12, "hard_tanh": 13, "tanh_shrink": 14,
+             "softplus": 15, "softsign": 16, "exponential": 17, "mish": 18, "log_sigmoid": 19,
+             "squareplus": 20, "sparse_plus": 21, "soft_shrink": 22, "hard_shrink": 23}
+
+# ---------------------------------------------------------------- tuning constants
+# Packed patches per GEMM tile: half of a 512 KiB L2 per core, leaving the other half
+# for the block of weights BLAS packs and for the tile's output rows, so that the
+# tile is still in L2 when BLAS reads it back and the epilogue runs on it.
+_TILE_BYTES = 256 << 10
+# Rows per GEMM tile are kept within [_MIN_ROWS, _MAX_ROWS]: below ~64 rows BLAS's
+# repacking of the weights per call starts to cost (it is 1/rows of the multiply-adds),
+# and very wide layers would otherwise get single-row tiles.
+_MIN_ROWS = 64
+_MAX_ROWS = 2048
+# At least this many tasks per call when there are enough rows (>= 32 each), so that
+# every thread of a small machine gets work; the split depends on the problem only,
+# never on the thread count, so results do not depend on the number of threads.
+_MIN_TASKS = 8
+# Direct-kernel tasks hold about this many multiply-adds (enough to amortise scheduling,
+# small enough to balance threads).
+_DIRECT_TASK_MACS = 1 << 20
+# Below this many multiply-adds an op runs on one thread: waking OpenMP's pool and
+# switching BLAS costs more than it saves.
+_PARALLEL_MIN_MACS = 1 << 21
+# Fewer input channels per group than this (and groups == 1): the direct kernel.
+_FEW_CHANNELS = 8
+
+_local = threading.local()
+
+
+def _scratch(rows, cols, dtype, slot=0):
+    """A reusable (rows, cols) scratch array for the calling Python thread: large fresh
+    allocations cost page faults on first touch, so packing buffers are kept."""
+    size = rows * cols
+    key = (np.dtype(dtype).str, slot)
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    buf = bufs.get(key)
+    if buf is None or buf.size < size:
+        buf = bufs[key] = np.empty(max(size, 1), dtype)
+    return buf[:size].reshape(rows, cols)
+
+
+def _threads(macs):
+    return get_num_threads() if macs >= _PARALLEL_MIN_MACS else 1
+
+
+def _epilogue(b, activation, dtype, f):
+    """(bias array, has_bias, activation code, activation left for afterwards)."""
+    code = ACT_CODES.get(activation, -1)
+    rest = activation if code < 0 else None
+    bias = b if b is not None else np.zeros(1, dtype)
+    return bias, b is not None, max(code, 0), rest
+
+
+# ---------------------------------------------------------------- algorithm choice
+
+# Speeds for the FFT cost model, measured on the 2-core Zen 4 dev machine (one thread):
+# the GEMM and direct engines run at ~35 GMAC/s on useful lanes (the direct kernel pads the
+# output channels to whole 64-byte vectors), scipy.fft at ~2.5 GFLOP/s on large real
+# transforms (5 N log2 N flops per complex point), and the frequency-domain channel
+# contraction (NumPy broadcasting over large complex arrays, memory-bound) at ~0.4 G
+# complex MAC/s.  Only their ratios matter.
+_RATE_GEMM = 35e9
+_RATE_FFT = 2.5e9
+_RATE_CMAC = 0.4e9
+
+
+def _fft_cost(x_shape, w_shape, strides, dilation, pads, out_shape, groups):
+    """Estimated seconds (one thread) of the FFT algorithm; see :func:`choose_algorithm`."""
+    n, c = x_shape[0], x_shape[-1]
+    cg, f = w_shape[3], w_shape[4]
+    keff = [(k - 1) * d + 1 for k, d in zip(w_shape[:3], dilation)]
+    size = [max(i + lo + hi, (o - 1) * s + k) for i, (lo, hi), o, s, k in zip(x_shape[1:4], pads, out_shape, strides, keff)]
+    p = math.prod(size)
+    half = p // size[-1] * (size[-1] // 2 + 1)
+    transforms = n * c + n * f + cg * f          # input, output and kernel transforms
+    fft_flops = 2.5 * transforms * p * math.log2(max(p, 2))
+    return fft_flops / _RATE_FFT + n * half * cg * f / _RATE_CMAC
+
+
+def _direct_cost(x_shape, w_shape, out_shape, groups):
+    """Estimated seconds (one thread) of the non-FFT algorithms; see :func:`choose_algorithm`."""
+    cg, f = w_shape[3], w_shape[4]
+    lanes = f
+    if groups == 1 and cg < _FEW_CHANNELS:  # the direct kernel computes whole vectors of channels
+        vl = 64 // 4
+        lanes = -(-f // vl) * vl
+    return x_shape[0] * math.prod(out_shape) * math.prod(w_shape[:3]) * cg * lanes / _RATE_GEMM
+
+
+def choose_algorithm(x_shape, w_shape, strides=(1, 1, 1), dilation=(1, 1, 1), groups=1, pads=None,
+                     out_shape=None):
+    """The algorithm the Cython backend uses for a convolution (kernel-contract shapes).
+
+    Parameters
+    ----------
+    x_shape : tuple of int
+        (N, D, H, W, C), the contract's 3-D channels-last input shape.
+    w_shape : tuple of int
+        (KD, KH, KW, C // groups, F), the Keras kernel layout.
+    strides, dilation : tuple of 3 int
+    groups : int
+    pads : tuple of 3 (before, after), optional
+        Zero padding; default none ("valid").
+    out_shape : tuple of 3 int, optional
+        Output sizes; default the "valid" output of ``pads``.
+
+    Returns
+    -------
+    str
+        ``"gemm_1x1"``, ``"im2col_gemm"``, ``"direct_few_channels"`` or ``"fft"``.
+
+    Notes
+    -----
+    The FFT cost model (seconds on one thread)::
+
+        direct = N * prod(out) * prod(k) * Cg * F' / R_gemm
+        fft    = 2.5 * (N*C + N*F + Cg*F) * P * log2(P) / R_fft + N * P/2 * Cg * F / R_cmac
+
+    where ``F'`` is ``F`` rounded up to whole 16-lane vectors for the direct kernel (``F``
+    for GEMM), ``P`` the number of points of the (stride-1) FFT grid, the padded input;
+    the first FFT term counts the input, output and kernel transforms, the second the
+    per-frequency channel contraction; the rates are the constants ``_RATE_*`` above.
+    A stride makes the FFT compute every stride-1 output and subsample: that is in the
+    model, since ``direct`` counts only the strided outputs.  FFT is chosen only for
+    kernels spanning at least 7 points on some axis and when ``fft < 0.75 * direct``
+    (a margin for the model's roughness).  With the kernel transforms costing
+    ``Cg * F`` full-grid FFTs, FFT wins on long kernels with few channels (signals),
+    not on CNN layers with many.
+
+    Examples
+    --------
+    >>> choose_algorithm((1, 1, 56, 56, 256), (1, 1, 1, 256, 64))
+    'gemm_1x1'
+    >>> choose_algorithm((1, 1, 56, 56, 64), (1, 3, 3, 64, 64), pads=((0, 0), (1, 1), (1, 1)))
+    'im2col_gemm'
+    >>> choose_algorithm((1, 1, 224, 224, 3), (1, 3, 3, 3, 32), strides=(1, 2, 2))
+    'direct_few_channels'
+    >>> choose_algorithm((1, 1, 1, 16000, 1), (1, 1, 255, 1, 1), pads=((0, 0), (0, 0), (127, 127)))
+    'fft'
+    """
+    strides, dilation = tuple(strides), tuple(dilation)
+    pads = tuple(tuple(p) for p in pads) if pads is not None else ((0, 0),) * 3
+    ksize = tuple(w_shape[:3])
+    keff = [(k - 1) * d + 1 for k, d in zip(ksize, dilation)]
+    if out_shape is None:
+        out_shape = tuple(max(0, (i + lo + hi - k) // s + 1)
+                          for i, (lo, hi), k, s in zip(x_shape[1:4], pads, keff, strides))
+    cg, f = w_shape[3], w_shape[4]
+    if ksize == (1, 1, 1) and strides == (1, 1, 1) and not any(lo or hi for lo, hi in pads) \
+            and tuple(out_shape) == tuple(x_shape[1:4]):
+        return "gemm_1x1"
+    if max(keff) >= 7:
+        direct = _direct_cost(x_shape, w_shape, out_shape, groups)
+        if _fft_cost(x_shape, w_shape, strides, dilation, pads, out_shape, groups) < 0.75 * direct:
+            return "fft"
+    if groups == 1 and cg < _FEW_CHANNELS:
+        return "direct_few_channels"
+    return "im2col_gemm"
+
+
+# ---------------------------------------------------------------- jobs and tasks
+
+def _job(o, pads, strides, dilation, ksize, y0, ystep, woff, mode, inplace):
+    return list(o) + list(pads) + list(strides) + list(dilation) + list(ksize) + list(y0) + list(ystep) \
+        + [woff, mode, int(inplace)]
+
+
+def _split(total, per_task, min_rows=32):
+    """Split ``total`` rows into near-equal tasks of about ``per_task`` rows, at least
+    ``_MIN_TASKS`` of them when each still gets ``min_rows``: [(start, count), ...]."""
+    n = max(1, -(-total // max(1, per_task)))
+    n = max(n, min(_MIN_TASKS, total // min_rows))
+    size = -(-total // n)
+    return [(s, min(size, total - s)) for s in range(0, total, size)]
+
+
+def _gemm_tasks(jobs, n, c, f, groups, item):
+    """Tasks (job, m0, mt, f0, f1) for the GEMM engine, and the scratch length per thread."""
+    tasks, need = [], 1
+    cg = c // groups
+    for j, job in enumerate(jobs):
+        rows = n * math.prod(job[0:3])
+        if rows == 0:
+            continue
+        k = math.prod(job[12:15])
+        mode, inplace = job[22], job[23]
+        per_row = (c + f) if mode == _k.MODE_ROWS else (k * c + (0 if inplace else f))
+        per = min(_MAX_ROWS, max(_MIN_ROWS, _TILE_BYTES // (per_row * item)))
+        for m0, mt in _split(rows, per):
+            tasks.append((j, m0, mt, 0, f))
+            need = max(need, (0 if mode == _k.MODE_ROWS else mt * k * cg * groups) + (0 if inplace else mt * f))
+    return np.array(tasks, np.intp).reshape(-1, 5), need
+
+
+def _direct_tasks(jobs, n, c, f):
+    tasks = []
+    for j, job in enumerate(jobs):
+        rows = n * math.prod(job[0:3])
+        if rows == 0:
+            continue
+        per = max(16, _DIRECT_TASK_MACS // max(1, math.prod(job[12:15]) * c * f))
+        for m0, mt in _split(rows, per, 16):
+            tasks.append((j, m0, mt, 0, f))
+    return np.array(tasks, np.intp).reshape(-1, 5)
+
+
+def _run(engine, x, wmats, jobs, y, b, activation, groups, macs):
+    """Run ``jobs`` (with their weight matrices ``wmats``, each (K * Cg, F)) on one engine."""
+    n, c = x.shape[0], x.shape[-1]
+    f = y.shape[-1]
+    bias, has_bias, code, rest = _epilogue(b, activation, x.dtype, f)
+    threads = _threads(macs)
+    if engine == "direct":
+        vl = _k.VECTOR_SIZE // x.itemsize
+        fp = -(-f // vl) * vl
+        offs = np.cumsum([0] + [w.shape[0] for w in wmats])
+        wpad = np.zeros((max(1, int(offs[-1])), fp), x.dtype)
+        for w, o in zip(wmats, offs):
+            wpad[o:o + w.shape[0], :f] = w
+        for job, o in zip(jobs, offs):
+            job[21] = int(o) * fp
+        tasks = _direct_tasks(jobs, n, c, f)
+        kmax = max([math.prod(job[12:15]) for job in jobs] + [1])
+        scratch = _scratch(threads, _k.MICRO_PIXELS * fp, x.dtype)
+        iscratch = _scratch(threads, 6 * kmax, np.intp, slot=1)
+        _k.direct_conv(x, wpad, y, np.array(jobs, np.intp).reshape(-1, _k.JOB_FIELDS), tasks, scratch,
+                       iscratch, bias, has_bias, code, threads)
+    else:
+        if len(wmats) == 1:
+            wbuf = wmats[0].reshape(-1)
+            jobs[0][21] = 0
+        else:
+            sizes = np.cumsum([0] + [w.size for w in wmats])
+            wbuf = np.concatenate([w.reshape(-1) for w in wmats]) if wmats else np.zeros(1, x.dtype)
+            for job, o in zip(jobs, sizes):
+                job[21] = int(o)
+        if wbuf.size == 0:
+            wbuf = np.zeros(1, x.dtype)
+        tasks, need = _gemm_tasks(jobs, n, c, f, groups, x.itemsize)
+        scratch = _scratch(threads, need, x.dtype)
+        with _blas.single_threaded():
+            _k.gemm_conv(x, wbuf, y, np.array(jobs, np.intp).reshape(-1, _k.JOB_FIELDS), tasks, scratch,
+                         bias, has_bias, code, groups, threads)
+    if rest is not None:
+        y = activations.apply(rest, y)
+    return y
+
+
+# ---------------------------------------------------------------- conv
+
+def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
+    n, c = x.shape[0], x.shape[-1]
+    f = w.shape[-1]
+    strides, dilation, out_shape = tuple(strides), tuple(dilation), tuple(out_shape)
+    algo = choose_algorithm(x.shape, w.shape, strides, dilation, groups, pads, out_shape)
+    if algo == "fft":
+        return _fft_conv(x, w, b, strides, dilation, pads, groups, out_shape, activation)
+    y = np.empty((n,) + out_shape + (f,), x.dtype)
+    ksize = w.shape[:3]
+    macs = n * math.prod(out_shape) * w.size
+    before = [p[0] for p in pads]
+    mode = _k.MODE_ROWS if algo == "gemm_1x1" else _k.MODE_PACK
+    job = _job(out_shape, before, strides, dilation, ksize, (0, 0, 0), (1, 1, 1), 0, mode, True)
+    engine = "direct" if algo == "direct_few_channels" else "gemm"
+    return _run(engine, x, [w.reshape(-1, f)], [job], y, b, activation, groups, macs)
+
+
+# ---------------------------------------------------------------- conv_transpose
+
+def _phases(n_in, k, s, d, before, n_out):
+    """One axis of a transposed convolution, split into its ``s`` output phases.
+
+    Input ``i`` reaches output ``o`` through tap ``t`` when ``o + before = i * s + t * d``
+    (Keras refuses ``s > 1`` with ``d > 1``).  Phase ``r`` holds the outputs
+    ``o = j * s + r - before``; they take the taps ``t = r + u * s`` (``u < U``) from
+    inputs ``i = j - u * d'`` (``d' = d`` if ``s == 1`` else 1), which is a stride-1
+    correlation of ``x`` with those taps in reverse order: job output ``q`` (``j = j0 + q``)
+    reads ``x[q + v * d' - pad]`` with tap ``r + (U - 1 - v) * s`` and
+    ``pad = (U - 1) * d' - j0``.
+
+    Returns
+    -------
+    list of (taps, d', pad, first output o, output step s, count)
+        One entry per phase with outputs; ``taps`` (kernel indices, correlation order)
+        is empty when no tap reaches the phase.
+    """
+    out = []
+    d_eff = d if s == 1 else 1
+    for r in range(s):
+        taps = list(range(r, k, s))[::-1]
+        j0 = -((r - before) // s)               # ceil((before - r) / s)
+        j1 = (n_out - 1 + before - r) // s
+        count = j1 - j0 + 1
+        if count <= 0:
+            continue
+        pad = (len(taps) - 1) * d_eff - j0 if taps else 0
+        out.append((taps, d_eff, pad, j0 * s + r - before, s, count))
+    return out
+
+
+def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activation):
+    """Transposed convolution as ``prod(strides)`` stride-1 convolutions, one per output
+    phase (see :func:`_phases`), all run in one parallel loop of the GEMM (or, with few
+    input channels, the direct) engine, each writing its strided slice of ``y``."""
+    n, c = x.shape[0], x.shape[-1]
+    f = w.shape[3]
+    out_shape = tuple(out_shape)
+    y = np.empty((n,) + out_shape + (f,), x.dtype)
+    axes = [_phases(x.shape[1 + a], w.shape[a], strides[a], dilation[a], pads_before[a], out_shape[a])
+            for a in range(3)]
+    wc = np.swapaxes(w, 3, 4)  # (k..., C, F): the forward convolution's layout
+    jobs, wmats = [], []
+    inplace = tuple(strides) == (1, 1, 1)
+    macs = 0
+    for parts in itertools.product(*axes):
+        counts = tuple(p[5] for p in parts)
+        y0 = tuple(p[3] for p in parts)
+        step = tuple(p[4] for p in parts)
+        if not all(p[0] for p in parts):
+            jobs.append(_job(counts, (0, 0, 0), (1, 1, 1), (1, 1, 1), (0, 0, 0), y0, step, 0, _k.MODE_ZERO,
+                             inplace))
+            wmats.append(np.zeros((0, f), x.dtype))
+            continue
+        taps = [p[0] for p in parts]
+        ksize = tuple(len(t) for t in taps)
+        pad = tuple(p[2] for p in parts)
+        dil = tuple(p[1] for p in parts)
+        rows = ksize == (1, 1, 1) and pad == (0, 0, 0) and counts == tuple(x.shape[1:4])
+        jobs.append(_job(counts, pad, (1, 1, 1), dil, ksize, y0, step, 0,
+                         _k.MODE_ROWS if rows else _k.MODE_PACK, inplace))
+        wmats.append(np.ascontiguousarray(wc[np.ix_(*taps)]).reshape(-1, f))
+        macs += n * math.prod(counts) * wmats[-1].size
+    engine = "direct" if c < _FEW_CHANNELS else "gemm"
+    return _run(engine, x, wmats, jobs, y, b, activation, 1, macs)
+
+
+# ---------------------------------------------------------------- FFT
+
+def _fft_conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
+    """Convolution through SciPy's real FFT over the spatial axes, in float64.
+
+    The padded input and the (dilated) kernel are transformed on a grid ``L`` as
+    large as the padded input; ``y[o] = sum_k x[o + k] w[k]`` is the inverse transform
+    of ``X * conj(W)`` (correlation theorem), exact (no wrap-around) for every valid
+    ``o``; the channels are contracted per frequency, then the stride subsamples.
+    float32 inputs are transformed in float64: float32 transforms of large grids lose
+    about ``log2(L)`` bits more than the direct sum, too much for the Keras tolerance.
+    """
+    n, c = x.shape[0], x.shape[-1]
+    kd, kh, kw, cg, f = w.shape
+    fg = f // groups
+    xp = np.pad(x.astype(np.float64), ((0, 0),) + tuple(tuple(p) for p in pads) + ((0, 0),))
+    keff = [(k - 1) * d + 1 for k, d in zip(w.shape[:3], dilation)]
+    grid = [max(i, (o - 1) * s + k) for i, o, s, k in zip(xp.shape[1:4], out_shape, strides, keff)]
+    grid = [scipy.fft.next_fast_len(g, real=True) for g in grid]
+    wd = np.zeros(tuple(keff) + (cg, f), np.float64)
+    wd[::dilation[0], ::dilation[1], ::dilation[2]] = w
+    workers = get_num_threads()
+    axes = (1, 2, 3)
+    xf = scipy.fft.rfftn(xp, s=grid, axes=axes, workers=workers)          # (N, Ld, Lh, Lw', C)
+    wf = np.conj(scipy.fft.rfftn(wd, s=grid, axes=(0, 1, 2), workers=workers))  # (Ld, Lh, Lw', Cg, F)
+    yf = np.zeros(xf.shape[:4] + (f,), xf.dtype)
+    for g in range(groups):
+        ysl = yf[..., g * fg:(g + 1) * fg]
+        if cg <= fg:
+            for j in range(cg):
+                ysl += xf[..., g * cg + j, None] * wf[..., j, g * fg:(g + 1) * fg]
+        else:
+            xg = xf[..., g * cg:(g + 1) * cg]
+            for j in range(fg):
+                ysl[..., j] = np.einsum("...c,...c->...", xg, wf[..., :, g * fg + j])
+    yfull = scipy.fft.irfftn(yf, s=grid, axes=axes, workers=workers)
+    sel = (slice(None),) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_shape, strides))
+    y = np.ascontiguousarray(yfull[sel], dtype=x.dtype)
+    if b is not None:
+        y += b
+    return activations.apply(activation, y)

@@ -1,2 +1,632 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Placeholder: the conv kernels of the Cython backend (being written)."""
+"""Convolution kernels of the Cython backend: GEMM over implicit-im2col tiles and direct loops.
+
+Every kernel works on the kernel contract's channels-last arrays (N, D, H, W, C)
+and runs a list of *tasks* under one OpenMP ``prange``; the Python driver
+(:mod:`fastconv.backends._cython_conv`) builds the lists.  A task is a block of
+output pixels (and, for layers with few pixels, a block of output channels) of
+one *job*; a job is one convolution geometry (the forward convolution, or one
+output phase of a transposed convolution), described by a row of ``jobs``:
+
+====  ============================================================================
+cols  meaning
+====  ============================================================================
+0-2   job output grid (OD, OH, OW)
+3-5   padding before, per axis: input index = o * stride - pad + tap * dilation
+      (may be negative: a phase of a transposed convolution starts inside x)
+6-8   strides          9-11  dilation          12-14  kernel size (KD, KH, KW)
+15-17 position in ``y`` of the job's output (0, 0, 0)
+18-20 step in ``y`` per job output step (1 for a forward convolution)
+21    offset of the job's weight matrix in ``wbuf``
+22    mode: 0 pack patches (im2col), 1 read the rows of ``x`` directly (1x1,
+      stride 1, no padding: ``x`` *is* the patch matrix), 2 no tap reaches these
+      outputs (bias and activation only)
+23    1 if the job's output pixels are the rows of ``y`` in order (write in place)
+====  ============================================================================
+
+A job's weights are the Keras kernel reshaped, (KD * KH * KW * Cg, F) row-major:
+row ``tap * Cg + c``.  ``tasks`` rows are (job, first pixel, pixels, f0, f1).
+Bias and activation are applied to each task's output while it is in cache
+(the *epilogue*); ``code`` numbers the activation (see ``ACT_CODES`` in the driver).
+"""
+
+from cython.parallel cimport prange, threadid
+from libc.math cimport erfc, exp, expm1, fabs, log1p, sqrt, tanh
+from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+ctypedef fused real:
+    float
+    double
+
+
+# ---------------------------------------------------------------- micro-kernels (C)
+# The direct kernels' inner loops are written with GCC vector types: one vector is
+# 64 bytes (16 floats / 8 doubles, one AVX-512 register), and a micro-tile keeps
+# 8 output pixels x 1 vector of output channels in registers while it runs over
+# taps x input channels.  They are compiled for x86-64-v4 (AVX-512), -v3 (AVX2+FMA)
+# and baseline, picked at load time (``target_clones``), so the module runs on any
+# x86-64 while using the wide units where present; other compilers/platforms get
+# the baseline build only.
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #  define FC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+    #else
+    #  define FC_CLONES
+    #endif
+    #define FC_P 8
+
+    /* out[p * ldo + 0:VL] = sum_t sum_c x[p * ps + xoff[t] + c] * w[woff[t] + c * ldw + 0:VL],
+       p < FC_P (bcast8) or p = 0 (bcast1): the input value is broadcast, the weights are a vector.
+       eltw: out[p] = sum_t sum_c x[p * ps + xoff[t] + c * ldx + 0:VL] * w[woff[t] + c * ldw + 0:VL],
+       both operands vectors (the grouped kernel's expanded input). */
+    #define FC_KERNELS(T, SUF)                                                                      \\
+    typedef T fc_v_##SUF __attribute__((vector_size(64)));                                          \\
+    typedef T fc_vu_##SUF __attribute__((vector_size(64), aligned(sizeof(T))));                     \\
+    static FC_CLONES void fc_bcast8_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,          \\
+            const ptrdiff_t* woff, ptrdiff_t nt, ptrdiff_t C, const T* w, ptrdiff_t ldw,           \\
+            T* out, ptrdiff_t ldo) {                                                                \\
+        fc_v_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0}; \\
+        for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
+            const T* xs = x + xoff[t];                                                              \\
+            const T* ws = w + woff[t];                                                              \\
+            for (ptrdiff_t c = 0; c < C; c++) {                                                     \\
+                fc_v_##SUF wv = *(const fc_vu_##SUF*)(ws + c * ldw);                                \\
+                a0 += xs[c] * wv; a1 += xs[ps + c] * wv;                                            \\
+                a2 += xs[2 * ps + c] * wv; a3 += xs[3 * ps + c] * wv;                               \\
+                a4 += xs[4 * ps + c] * wv; a5 += xs[5 * ps + c] * wv;                               \\
+                a6 += xs[6 * ps + c] * wv; a7 += xs[7 * ps + c] * wv;                               \\
+            }                                                                                       \\
+        }                                                                                           \\
+        *(fc_vu_##SUF*)(out) = a0; *(fc_vu_##SUF*)(out + ldo) = a1;                                 \\
+        *(fc_vu_##SUF*)(out + 2 * ldo) = a2; *(fc_vu_##SUF*)(out + 3 * ldo) = a3;                   \\
+        *(fc_vu_##SUF*)(out + 4 * ldo) = a4; *(fc_vu_##SUF*)(out + 5 * ldo) = a5;                   \\
+        *(fc_vu_##SUF*)(out + 6 * ldo) = a6; *(fc_vu_##SUF*)(out + 7 * ldo) = a7;                   \\
+    }                                                                                               \\
+    static FC_CLONES void fc_bcast1_##SUF(const T* x, const ptrdiff_t* xoff, const ptrdiff_t* woff, \\
+            ptrdiff_t nt, ptrdiff_t C, const T* w, ptrdiff_t ldw, T* out) {                         \\
+        fc_v_##SUF a0 = {0};                                                                        \\
+        for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
+            const T* xs = x + xoff[t];                                                              \\
+            const T* ws = w + woff[t];                                                              \\
+            for (ptrdiff_t c = 0; c < C; c++)                                                       \\
+                a0 += xs[c] * *(const fc_vu_##SUF*)(ws + c * ldw);                                  \\
+        }                                                                                           \\
+        *(fc_vu_##SUF*)(out) = a0;                                                                  \\
+    }                                                                                               \\
+    static FC_CLONES void fc_eltw8_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,           \\
+            const ptrdiff_t* woff, ptrdiff_t nt, ptrdiff_t C, ptrdiff_t ldx, const T* w,            \\
+            ptrdiff_t ldw, T* out, ptrdiff_t ldo) {                                                 \\
+        fc_v_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0}; \\
+        for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
+            const T* xs = x + xoff[t];                                                              \\
+            const T* ws = w + woff[t];                                                              \\
+            for (ptrdiff_t c = 0; c < C; c++) {                                                     \\
+                fc_v_##SUF wv = *(const fc_vu_##SUF*)(ws + c * ldw);                                \\
+                const T* xc = xs + c * ldx;                                                         \\
+                a0 += *(const fc_vu_##SUF*)(xc) * wv;                                               \\
+                a1 += *(const fc_vu_##SUF*)(xc + ps) * wv;                                          \\
+                a2 += *(const fc_vu_##SUF*)(xc + 2 * ps) * wv;                                      \\
+                a3 += *(const fc_vu_##SUF*)(xc + 3 * ps) * wv;                                      \\
+                a4 += *(const fc_vu_##SUF*)(xc + 4 * ps) * wv;                                      \\
+                a5 += *(const fc_vu_##SUF*)(xc + 5 * ps) * wv;                                      \\
+                a6 += *(const fc_vu_##SUF*)(xc + 6 * ps) * wv;                                      \\
+                a7 += *(const fc_vu_##SUF*)(xc + 7 * ps) * wv;                                      \\
+            }                                                                                       \\
+        }                                                                                           \\
+        *(fc_vu_##SUF*)(out) = a0; *(fc_vu_##SUF*)(out + ldo) = a1;                                 \\
+        *(fc_vu_##SUF*)(out + 2 * ldo) = a2; *(fc_vu_##SUF*)(out + 3 * ldo) = a3;                   \\
+        *(fc_vu_##SUF*)(out + 4 * ldo) = a4; *(fc_vu_##SUF*)(out + 5 * ldo) = a5;                   \\
+        *(fc_vu_##SUF*)(out + 6 * ldo) = a6; *(fc_vu_##SUF*)(out + 7 * ldo) = a7;                   \\
+    }                                                                                               \\
+    static FC_CLONES void fc_eltw1_##SUF(const T* x, const ptrdiff_t* xoff, const ptrdiff_t* woff,  \\
+            ptrdiff_t nt, ptrdiff_t C, ptrdiff_t ldx, const T* w, ptrdiff_t ldw, T* out) {          \\
+        fc_v_##SUF a0 = {0};                                                                        \\
+        for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
+            const T* xs = x + xoff[t];                                                              \\
+            const T* ws = w + woff[t];                                                              \\
+            for (ptrdiff_t c = 0; c < C; c++)                                                       \\
+                a0 += *(const fc_vu_##SUF*)(xs + c * ldx) * *(const fc_vu_##SUF*)(ws + c * ldw);    \\
+        }                                                                                           \\
+        *(fc_vu_##SUF*)(out) = a0;                                                                  \\
+    }
+
+    FC_KERNELS(float, f)
+    FC_KERNELS(double, d)
+    """
+    void fc_bcast8_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                     Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
+                     Py_ssize_t ldo) noexcept nogil
+    void fc_bcast8_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                     Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
+                     Py_ssize_t ldo) noexcept nogil
+    void fc_bcast1_f(const float* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
+                     Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out) noexcept nogil
+    void fc_bcast1_d(const double* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
+                     Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out) noexcept nogil
+    void fc_eltw8_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                    Py_ssize_t nt, Py_ssize_t C, Py_ssize_t ldx, const float* w, Py_ssize_t ldw,
+                    float* out, Py_ssize_t ldo) noexcept nogil
+    void fc_eltw8_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                    Py_ssize_t nt, Py_ssize_t C, Py_ssize_t ldx, const double* w, Py_ssize_t ldw,
+                    double* out, Py_ssize_t ldo) noexcept nogil
+    void fc_eltw1_f(const float* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
+                    Py_ssize_t C, Py_ssize_t ldx, const float* w, Py_ssize_t ldw, float* out) noexcept nogil
+    void fc_eltw1_d(const double* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
+                    Py_ssize_t C, Py_ssize_t ldx, const double* w, Py_ssize_t ldw, double* out) noexcept nogil
+
+cdef enum:
+    MICRO_P = 8          # pixels per direct micro-tile (FC_P above)
+    VECTOR_BYTES = 64    # bytes per micro-kernel vector
+
+#: Pixels per direct micro-tile and bytes per vector, for the driver's buffer sizes.
+MICRO_PIXELS = MICRO_P
+VECTOR_SIZE = VECTOR_BYTES
+
+cdef inline void _bcast8(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                         Py_ssize_t nt, Py_ssize_t C, const real* w, Py_ssize_t ldw, real* out,
+                         Py_ssize_t ldo) noexcept nogil:
+    if real is float:
+        fc_bcast8_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+    else:
+        fc_bcast8_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+
+
+cdef inline void _bcast1(const real* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
+                         Py_ssize_t C, const real* w, Py_ssize_t ldw, real* out) noexcept nogil:
+    if real is float:
+        fc_bcast1_f(x, xoff, woff, nt, C, w, ldw, out)
+    else:
+        fc_bcast1_d(x, xoff, woff, nt, C, w, ldw, out)
+
+
+cdef inline void _eltw8(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                        Py_ssize_t nt, Py_ssize_t C, Py_ssize_t ldx, const real* w, Py_ssize_t ldw,
+                        real* out, Py_ssize_t ldo) noexcept nogil:
+    if real is float:
+        fc_eltw8_f(x, ps, xoff, woff, nt, C, ldx, w, ldw, out, ldo)
+    else:
+        fc_eltw8_d(x, ps, xoff, woff, nt, C, ldx, w, ldw, out, ldo)
+
+
+cdef inline void _eltw1(const real* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
+                        Py_ssize_t C, Py_ssize_t ldx, const real* w, Py_ssize_t ldw, real* out) noexcept nogil:
+    if real is float:
+        fc_eltw1_f(x, xoff, woff, nt, C, ldx, w, ldw, out)
+    else:
+        fc_eltw1_d(x, xoff, woff, nt, C, ldx, w, ldw, out)
+
+
+# ---------------------------------------------------------------- BLAS
+
+cdef inline void _gemm(int m, int n, int k, const real* a, int lda, const real* b, int ldb,
+                       real* c, int ldc) noexcept nogil:
+    """Row-major ``c[:m, :n] = a[:m, :k] @ b[:k, :n]`` (row pitches lda, ldb, ldc) through BLAS:
+    column-major BLAS computes ``c^T = b^T a^T``, which is the same memory, nothing copied."""
+    cdef char no = b'N'
+    cdef real one = 1, zero = 0
+    cdef Py_ssize_t i
+    if m <= 0 or n <= 0:
+        return
+    if k <= 0:
+        for i in range(m):
+            memset(c + i * ldc, 0, n * sizeof(real))
+        return
+    if real is float:
+        sgemm(&no, &no, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &zero, c, &ldc)
+    else:
+        dgemm(&no, &no, &n, &m, &k, &one, <double*>b, &ldb, <double*>a, &lda, &zero, c, &ldc)
+
+
+# ---------------------------------------------------------------- epilogue
+
+cdef double _SELU_ALPHA = 1.6732632423543772848170429916717
+cdef double _SELU_SCALE = 1.0507009873554804934193349852946
+cdef double _SQRT1_2 = 0.70710678118654752440
+
+
+cdef inline double _softplus(double v) noexcept nogil:
+    return (v if v > 0 else 0.0) + log1p(exp(-fabs(v)))
+
+
+cdef inline double _sigmoid(double v) noexcept nogil:
+    cdef double e
+    if v >= 0:
+        return 1.0 / (1.0 + exp(-v))
+    e = exp(v)
+    return e / (1.0 + e)
+
+
+cdef inline double _clip(double v, double lo, double hi) noexcept nogil:
+    return lo if v < lo else (hi if v > hi else v)
+
+
+cdef double _act(double v, int code) noexcept nogil:
+    """One Keras activation by code (the driver's ``ACT_CODES``), in double precision."""
+    if code == 1:
+        return 0.0 if v < 0 else v
+    if code == 2:
+        return _clip(v, 0.0, 6.0)
+    if code == 3:
+        return v if v >= 0 else 0.2 * v
+    if code == 4:
+        return v if v > 0 else expm1(v)
+    if code == 5:
+        return _SELU_SCALE * (v if v > 0 else _SELU_ALPHA * expm1(v))
+    if code == 6:
+        return (v if v > 0 else 0.0) + expm1(v if v < 0 else 0.0)
+    if code == 7:
+        return 0.5 * v * erfc(-v * _SQRT1_2)  # erfc: no cancellation for large negative v
+    if code == 8:
+        return _sigmoid(v)
+    if code == 9:
+        return _clip(v + 3.0, 0.0, 6.0) / 6.0
+    if code == 10:
+        return v * _sigmoid(v)
+    if code == 11:
+        return v * (_clip(v + 3.0, 0.0, 6.0) / 6.0)
+    if code == 12:
+        return tanh(v)
+    if code == 13:
+        return _clip(v, -1.0, 1.0)
+    if code == 14:
+        return v - tanh(v)
+    if code == 15:
+        return _softplus(v)
+    if code == 16:
+        return v / (1.0 + fabs(v))
+    if code == 17:
+        return exp(v)
+    if code == 18:
+        return v * tanh(_softplus(v))
+    if code == 19:
+        return -_softplus(-v)
+    if code == 20:
+        return (v + sqrt(v * v + 4.0)) / 2.0
+    if code == 21:
+        if v <= -1.0:
+            return 0.0
+        if v >= 1.0:
+            return v
+        return (v + 1.0) * (v + 1.0) / 4.0
+    if code == 22:
+        return v - 0.5 if v > 0.5 else (v + 0.5 if v < -0.5 else 0.0)
+    if code == 23:
+        return v if fabs(v) > 0.5 else 0.0
+    return v
+
+
+cdef inline void _finish_row(real* dst, const real* src, Py_ssize_t n, const real* bias, int code) noexcept nogil:
+    """``dst[:n] = act(src[:n] + bias[:n])`` (``dst`` may be ``src``; ``bias`` may be NULL).
+    ReLU and ReLU6 run in the data's precision in one vectorisable pass; the rest in double."""
+    cdef Py_ssize_t i
+    cdef real v, top
+    if code == 1 or code == 2:
+        top = 6
+        for i in range(n):
+            v = src[i] + bias[i] if bias != NULL else src[i]
+            v = 0 if v < 0 else v
+            if code == 2:
+                v = top if v > top else v
+            dst[i] = v
+        return
+    if bias != NULL:
+        for i in range(n):
+            dst[i] = src[i] + bias[i]
+    elif dst != src:
+        memcpy(dst, src, n * sizeof(real))
+    if code > 0:
+        for i in range(n):
+            dst[i] = <real>_act(dst[i], code)
+
+
+cdef inline void _finish(real* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t cols, const real* bias,
+                         int code) noexcept nogil:
+    """Epilogue in place on a (rows, cols) block with row pitch ``ld``."""
+    cdef Py_ssize_t r
+    if bias == NULL and code == 0:
+        return
+    for r in range(rows):
+        _finish_row(y + r * ld, y + r * ld, cols, bias, code)
+
+
+# ---------------------------------------------------------------- jobs
+
+cdef struct Job:
+    Py_ssize_t o[3]
+    Py_ssize_t p[3]
+    Py_ssize_t s[3]
+    Py_ssize_t d[3]
+    Py_ssize_t k[3]
+    Py_ssize_t y0[3]
+    Py_ssize_t ys[3]
+    Py_ssize_t woff
+    Py_ssize_t mode
+    Py_ssize_t inplace
+
+JOB_FIELDS = 24
+MODE_PACK = 0
+MODE_ROWS = 1
+MODE_ZERO = 2
+
+
+cdef inline Job _job(const Py_ssize_t[:, ::1] jobs, Py_ssize_t j) noexcept nogil:
+    cdef Job J
+    cdef int a
+    for a in range(3):
+        J.o[a] = jobs[j, a]
+        J.p[a] = jobs[j, 3 + a]
+        J.s[a] = jobs[j, 6 + a]
+        J.d[a] = jobs[j, 9 + a]
+        J.k[a] = jobs[j, 12 + a]
+        J.y0[a] = jobs[j, 15 + a]
+        J.ys[a] = jobs[j, 18 + a]
+    J.woff = jobs[j, 21]
+    J.mode = jobs[j, 22]
+    J.inplace = jobs[j, 23]
+    return J
+
+
+cdef inline Py_ssize_t _y_pixel(const Job* J, Py_ssize_t m, Py_ssize_t YD, Py_ssize_t YH,
+                                Py_ssize_t YW) noexcept nogil:
+    """Flat pixel index in ``y`` of the job's output pixel ``m``."""
+    cdef Py_ssize_t ow = m % J.o[2], t = m // J.o[2]
+    cdef Py_ssize_t oh = t % J.o[1]
+    t = t // J.o[1]
+    cdef Py_ssize_t od = t % J.o[0], n = t // J.o[0]
+    return ((n * YD + J.y0[0] + od * J.ys[0]) * YH + J.y0[1] + oh * J.ys[1]) * YW + J.y0[2] + ow * J.ys[2]
+
+
+cdef void _store(const real* src, Py_ssize_t lds, real* y, Py_ssize_t F, const Job* J, Py_ssize_t m0,
+                 Py_ssize_t mt, Py_ssize_t f0, Py_ssize_t f1, Py_ssize_t YD, Py_ssize_t YH, Py_ssize_t YW,
+                 const real* bias, int code) noexcept nogil:
+    """Write a finished (mt, f1 - f0) block for job pixels m0.. to their places in ``y``,
+    applying the epilogue on the way."""
+    cdef Py_ssize_t r
+    cdef const real* b = bias + f0 if bias != NULL else NULL
+    for r in range(mt):
+        _finish_row(y + _y_pixel(J, m0 + r, YD, YH, YW) * F + f0, src + r * lds, f1 - f0, b, code)
+
+
+# ---------------------------------------------------------------- GEMM engine
+
+cdef void _pack(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, const Job* J,
+                Py_ssize_t m0, Py_ssize_t mt, Py_ssize_t g0, Py_ssize_t ng, Py_ssize_t Cg,
+                real* buf) noexcept nogil:
+    """im2col of job pixels m0 .. m0 + mt: row ``r`` of ``buf`` holds, for groups g0 .. g0 + ng,
+    the pixel's receptive field as (group, KD, KH, KW, Cg) (zeros where it is padding), so that
+    group ``g``'s patch matrix is ``buf[:, g * K * Cg:]`` with row pitch ``ng * K * Cg``."""
+    cdef Py_ssize_t KD = J.k[0], KH = J.k[1], KW = J.k[2]
+    cdef Py_ssize_t K = KD * KH * KW, gsize = K * Cg, rowlen = ng * gsize
+    cdef Py_ssize_t r, m, t, n, od, oh, ow, kd, kh, kw, i_d, i_h, i_w, w0, g, tap
+    cdef const real* src
+    cdef real* dst
+    cdef bint whole = ng * Cg == C  # every channel of the pixel is packed, in order
+    for r in range(mt):
+        m = m0 + r
+        ow = m % J.o[2]
+        t = m // J.o[2]
+        oh = t % J.o[1]
+        t = t // J.o[1]
+        od = t % J.o[0]
+        n = t // J.o[0]
+        dst = buf + r * rowlen
+        w0 = ow * J.s[2] - J.p[2]
+        tap = 0
+        for kd in range(KD):
+            i_d = od * J.s[0] - J.p[0] + kd * J.d[0]
+            for kh in range(KH):
+                i_h = oh * J.s[1] - J.p[1] + kh * J.d[1]
+                if i_d < 0 or i_d >= D or i_h < 0 or i_h >= H:
+                    for g in range(ng):
+                        memset(dst + g * gsize + tap * Cg, 0, KW * Cg * sizeof(real))
+                    tap = tap + KW
+                    continue
+                src = x + ((n * D + i_d) * H + i_h) * W * C
+                if ng == 1 and whole and J.d[2] == 1 and w0 >= 0 and w0 + KW <= W:
+                    # the kernel row lies inside the input row: one contiguous copy
+                    memcpy(dst + tap * C, src + w0 * C, KW * C * sizeof(real))
+                    tap = tap + KW
+                    continue
+                for kw in range(KW):
+                    i_w = w0 + kw * J.d[2]
+                    if i_w < 0 or i_w >= W:
+                        for g in range(ng):
+                            memset(dst + g * gsize + tap * Cg, 0, Cg * sizeof(real))
+                    elif whole and ng == 1:
+                        memcpy(dst + tap * C, src + i_w * C, C * sizeof(real))
+                    else:
+                        for g in range(ng):
+                            memcpy(dst + g * gsize + tap * Cg, src + i_w * C + (g0 + g) * Cg, Cg * sizeof(real))
+                    tap = tap + 1
+
+
+def gemm_conv(const real[:, :, :, :, ::1] x, const real[::1] wbuf, real[:, :, :, :, ::1] y,
+              const Py_ssize_t[:, ::1] jobs, const Py_ssize_t[:, ::1] tasks, real[:, ::1] scratch,
+              const real[::1] bias, bint has_bias, int code, Py_ssize_t groups, int num_threads):
+    """Run GEMM tasks: per task, pack its patches (or read ``x``'s rows), one BLAS GEMM per
+    group on the packed tile, then the epilogue while the output block is in cache.
+
+    ``scratch`` has a row per thread, long enough for the largest task's packed patches
+    plus, for jobs not written in place, its (pixels, f1 - f0) output block.  BLAS must be
+    single-threaded (the driver arranges it): the threads here are OpenMP's.
+    """
+    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], H = x.shape[2], W = x.shape[3], C = x.shape[4]
+    cdef Py_ssize_t YD = y.shape[1], YH = y.shape[2], YW = y.shape[3], F = y.shape[4]
+    cdef Py_ssize_t Cg = C // groups, Fg = F // groups
+    cdef Py_ssize_t i, j, m0, mt, f0, f1, g0, g1, g, K, rowlen, lda, ldc
+    cdef Job J
+    cdef const real* xp = &x[0, 0, 0, 0, 0]
+    cdef const real* wp = &wbuf[0]
+    cdef real* yp = &y[0, 0, 0, 0, 0]
+    cdef const real* bp = &bias[0] if has_bias else NULL
+    cdef const real* a
+    cdef real* buf
+    cdef real* out
+    cdef real* s0 = &scratch[0, 0]
+    cdef Py_ssize_t sstride = scratch.shape[1]
+    if N == 0 or tasks.shape[0] == 0:
+        return
+    with nogil:
+        for i in prange(tasks.shape[0], schedule="dynamic", num_threads=num_threads):
+            J = _job(jobs, tasks[i, 0])
+            m0 = tasks[i, 1]
+            mt = tasks[i, 2]
+            f0 = tasks[i, 3]
+            f1 = tasks[i, 4]
+            buf = s0 + threadid() * sstride
+            K = J.k[0] * J.k[1] * J.k[2]
+            g0 = f0 // Fg
+            g1 = (f1 + Fg - 1) // Fg
+            if J.inplace:
+                out = yp + m0 * F + f0
+                ldc = F
+            else:
+                out = buf
+                buf = buf + mt * (f1 - f0)
+                ldc = f1 - f0
+            if J.mode == 2:
+                for j in range(mt):
+                    memset(out + j * ldc, 0, (f1 - f0) * sizeof(real))
+            else:
+                if J.mode == 1:
+                    a = xp + m0 * C + g0 * Cg
+                    lda = C
+                    rowlen = Cg  # the next group's columns start Cg further along
+                else:
+                    _pack(xp, D, H, W, C, &J, m0, mt, g0, g1 - g0, Cg, buf)
+                    a = buf
+                    lda = (g1 - g0) * K * Cg
+                    rowlen = K * Cg
+                if groups == 1:
+                    _gemm(<int>mt, <int>(f1 - f0), <int>(K * C), a, <int>lda, wp + J.woff + f0, <int>F,
+                          out, <int>ldc)
+                else:
+                    for g in range(g0, g1):
+                        _gemm(<int>mt, <int>Fg, <int>(K * Cg), a + (g - g0) * rowlen, <int>lda,
+                              wp + J.woff + g * Fg, <int>F, out + g * Fg - f0, <int>ldc)
+            if J.inplace:
+                _finish(out, ldc, mt, f1 - f0, bp + f0 if bp != NULL else NULL, code)
+            else:
+                _store(out, ldc, yp, F, &J, m0, mt, f0, f1, YD, YH, YW, bp, code)
+
+
+# ---------------------------------------------------------------- direct engine (few input channels)
+
+cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, const Job* J,
+                       const real* w, Py_ssize_t Fp, real* y, Py_ssize_t F, Py_ssize_t YD, Py_ssize_t YH,
+                       Py_ssize_t YW, Py_ssize_t m0, Py_ssize_t mt, real* obuf, Py_ssize_t* ibuf,
+                       const real* bias, int code, Py_ssize_t VL) noexcept nogil:
+    """Output pixels m0 .. m0 + mt of a job, direct: along each output row, blocks of 8 pixels
+    whose windows lie inside the input row run the 8-pixel micro-kernel over all taps at once;
+    pixels near the left/right border run one at a time over their own taps."""
+    cdef Py_ssize_t KD = J.k[0], KH = J.k[1], KW = J.k[2], K = KD * KH * KW
+    cdef Py_ssize_t* xoff = ibuf
+    cdef Py_ssize_t* woff = ibuf + K
+    cdef Py_ssize_t* xoff1 = ibuf + 2 * K
+    cdef Py_ssize_t* woff1 = ibuf + 3 * K
+    cdef Py_ssize_t* rowoff = ibuf + 4 * K
+    cdef Py_ssize_t* rowtap = ibuf + 5 * K
+    cdef Py_ssize_t m = m0, end = m0 + mt, run, t, n, od, oh, ow, kd, kh, kw, i_d, i_h, i_w
+    cdef Py_ssize_t nrow, nt, nt1, r, jj, o, fc, p, sw = J.s[2], pw = J.p[2], dw = J.d[2], ypix
+    cdef Py_ssize_t ow_lo, ow_hi
+    cdef const real* b
+    # output columns whose whole window row is inside the input: [ow_lo, ow_hi)
+    ow_lo = 0 if pw <= 0 else (pw + sw - 1) // sw
+    if W - 1 + pw - (KW - 1) * dw < 0:
+        ow_hi = 0
+    else:
+        ow_hi = (W - 1 + pw - (KW - 1) * dw) // sw + 1
+    while m < end:
+        ow = m % J.o[2]
+        t = m // J.o[2]
+        oh = t % J.o[1]
+        t = t // J.o[1]
+        od = t % J.o[0]
+        n = t // J.o[0]
+        run = J.o[2] - ow
+        if run > end - m:
+            run = end - m
+        nrow = 0
+        for kd in range(KD):
+            i_d = od * J.s[0] - J.p[0] + kd * J.d[0]
+            if i_d < 0 or i_d >= D:
+                continue
+            for kh in range(KH):
+                i_h = oh * J.s[1] - J.p[1] + kh * J.d[1]
+                if i_h < 0 or i_h >= H:
+                    continue
+                rowoff[nrow] = ((n * D + i_d) * H + i_h) * W * C
+                rowtap[nrow] = (kd * KH + kh) * KW
+                nrow = nrow + 1
+        nt = 0
+        for r in range(nrow):
+            for kw in range(KW):
+                xoff[nt] = rowoff[r] + kw * dw * C
+                woff[nt] = (rowtap[r] + kw) * C * Fp
+                nt = nt + 1
+        jj = 0
+        while jj < run:
+            o = ow + jj
+            if jj + MICRO_P <= run and o >= ow_lo and o + MICRO_P <= ow_hi:
+                for fc in range(Fp // VL):
+                    _bcast8(x + (o * sw - pw) * C, sw * C, xoff, woff, nt, C, w + fc * VL, Fp, obuf + fc * VL, Fp)
+                p = MICRO_P
+            else:
+                nt1 = 0
+                for r in range(nrow):
+                    for kw in range(KW):
+                        i_w = o * sw - pw + kw * dw
+                        if i_w >= 0 and i_w < W:
+                            xoff1[nt1] = rowoff[r] + i_w * C
+                            woff1[nt1] = (rowtap[r] + kw) * C * Fp
+                            nt1 = nt1 + 1
+                for fc in range(Fp // VL):
+                    _bcast1(x, xoff1, woff1, nt1, C, w + fc * VL, Fp, obuf + fc * VL)
+                p = 1
+            if J.inplace:
+                for r in range(p):
+                    _finish_row(y + (m + jj + r) * F, obuf + r * Fp, F, bias, code)
+            else:
+                for r in range(p):
+                    ypix = _y_pixel(J, m + jj + r, YD, YH, YW)
+                    _finish_row(y + ypix * F, obuf + r * Fp, F, bias, code)
+            jj = jj + p
+        m = m + run
+
+
+def direct_conv(const real[:, :, :, :, ::1] x, const real[:, ::1] wpad, real[:, :, :, :, ::1] y,
+                const Py_ssize_t[:, ::1] jobs, const Py_ssize_t[:, ::1] tasks, real[:, ::1] scratch,
+                Py_ssize_t[:, ::1] iscratch, const real[::1] bias, bint has_bias, int code, int num_threads):
+    """Run direct tasks (groups = 1): ``wpad`` is the jobs' weight matrices, each (K * C, Fp)
+    with the output channels zero-padded to ``Fp``, a whole number of 64-byte vectors;
+    ``scratch`` rows hold 8 x Fp outputs per thread, ``iscratch`` rows 6 * K tap offsets."""
+    cdef Py_ssize_t D = x.shape[1], H = x.shape[2], W = x.shape[3], C = x.shape[4]
+    cdef Py_ssize_t YD = y.shape[1], YH = y.shape[2], YW = y.shape[3], F = y.shape[4]
+    cdef Py_ssize_t Fp = wpad.shape[1], VL = VECTOR_BYTES // sizeof(real), i, tid
+    cdef Job J
+    cdef const real* bp = &bias[0] if has_bias else NULL
+    cdef const real* wp = &wpad[0, 0]
+    if x.shape[0] == 0 or tasks.shape[0] == 0:
+        return
+    with nogil:
+        for i in prange(tasks.shape[0], schedule="dynamic", num_threads=num_threads):
+            tid = threadid()
+            J = _job(jobs, tasks[i, 0])
+            if J.mode == 2:
+                _direct_zero(&y[0, 0, 0, 0, 0], F, &J, tasks[i, 1], tasks[i, 2], YD, YH, YW, &scratch[tid, 0], bp, code)
+                continue
+            _direct_task(&x[0, 0, 0, 0, 0], D, H, W, C, &J, wp + J.woff, Fp, &y[0, 0, 0, 0, 0], F, YD, YH, YW,
+                         tasks[i, 1], tasks[i, 2], &scratch[tid, 0], &iscratch[tid, 0], bp, code, VL)
+
+
+cdef void _direct_zero(real* y, Py_ssize_t F, const Job* J, Py_ssize_t m0, Py_ssize_t mt,
+                       Py_ssize_t YD, Py_ssize_t YH, Py_ssize_t YW, real* buf, const real* bias,
+                       int code) noexcept nogil:
+    """Outputs no tap reaches: bias and activation of zero."""
+    memset(buf, 0, F * sizeof(real))
+    cdef Py_ssize_t r
+    for r in range(mt):
+        _finish_row(y + _y_pixel(J, m0 + r, YD, YH, YW) * F, buf, F, bias, code)

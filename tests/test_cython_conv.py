@@ -1,0 +1,210 @@
+"""The Cython backend's convolutions: every algorithm path against the reference backend.
+
+The fixture and property tests run ``backend="cython"`` on small Keras cases; here each
+path of :func:`fastconv.backends._cython_conv.choose_algorithm` is forced with shapes
+that select it (checked), in float32 and float64, with fused epilogues, grouped and
+transposed variants, and with 1 and 2 threads giving identical results.
+"""
+
+import numpy as np
+import pytest
+
+import fastconv
+from conftest import assert_close
+from fastconv import activations
+from fastconv.backends import _cython_conv as C
+from fastconv.backends import reference as R
+
+
+def _out(x_shape, w_shape, strides, dilation, pads):
+    return tuple((i + lo + hi - (k - 1) * d - 1) // s + 1
+                 for i, k, s, d, (lo, hi) in zip(x_shape[1:4], w_shape[:3], strides, dilation, pads))
+
+
+def _arrays(x_shape, w_shape, dtype, seed=0, filters=None):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[:-1]))).astype(dtype)
+    b = rng.standard_normal(w_shape[-1] if filters is None else filters).astype(dtype)
+    return x, w, b
+
+
+def _tol(dtype):
+    return dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+
+
+P0, P1 = (0, 0), (1, 1)
+# (id, x (N, D, H, W, C), w (KD, KH, KW, Cg, F), strides, dilation, pads, groups, expected algorithm)
+FORWARD = [
+    ("1x1", (2, 1, 15, 17, 48), (1, 1, 1, 48, 40), (1, 1, 1), (1, 1, 1), (P0, P0, P0), 1, "gemm_1x1"),
+    ("1x1-grouped", (2, 1, 15, 17, 48), (1, 1, 1, 12, 40), (1, 1, 1), (1, 1, 1), (P0, P0, P0), 4, "gemm_1x1"),
+    ("1x1-strided", (2, 1, 15, 17, 32), (1, 1, 1, 32, 24), (1, 2, 2), (1, 1, 1), (P0, P0, P0), 1, "im2col_gemm"),
+    ("3x3-same", (2, 1, 20, 18, 32), (1, 3, 3, 32, 48), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 1, "im2col_gemm"),
+    ("3x3-stride2", (1, 1, 23, 21, 16), (1, 3, 3, 16, 20), (1, 2, 2), (1, 1, 1), (P0, (0, 1), (1, 1)), 1,
+     "im2col_gemm"),
+    ("3x3-dilated", (1, 1, 20, 20, 16), (1, 3, 3, 16, 16), (1, 1, 1), (1, 2, 3), (P0, (2, 2), (3, 3)), 1,
+     "im2col_gemm"),
+    ("conv1d-k5-dil2", (3, 1, 1, 200, 24), (1, 1, 5, 24, 32), (1, 1, 1), (1, 1, 2), (P0, P0, (4, 4)), 1,
+     "im2col_gemm"),
+    ("conv3d", (2, 7, 8, 9, 8), (3, 2, 3, 8, 12), (2, 1, 1), (1, 1, 1), ((1, 1), (0, 1), P1), 1, "im2col_gemm"),
+    ("uneven-pads", (1, 1, 11, 13, 16), (1, 4, 2, 16, 8), (1, 3, 1), (1, 1, 1), (P0, (3, 0), (0, 2)), 1,
+     "im2col_gemm"),
+    ("grouped-wide", (2, 1, 14, 14, 64), (1, 3, 3, 16, 32), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 4, "im2col_gemm"),
+    ("grouped-tiny", (1, 1, 16, 16, 64), (1, 3, 3, 2, 64), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 32, "im2col_gemm"),
+    ("grouped-strided", (1, 1, 15, 15, 24), (1, 3, 3, 8, 12), (1, 2, 2), (1, 1, 1), (P0, P1, P1), 3,
+     "im2col_gemm"),
+    ("stem-rgb", (1, 1, 64, 62, 3), (1, 3, 3, 3, 32), (1, 2, 2), (1, 1, 1), (P0, (0, 1), (0, 1)), 1,
+     "direct_few_channels"),
+    ("conv3d-c1", (2, 12, 11, 13, 1), (3, 3, 3, 1, 16), (1, 1, 1), (1, 1, 1), (P0, P0, P0), 1,
+     "direct_few_channels"),
+    ("few-odd-f", (1, 1, 19, 23, 5), (1, 3, 2, 5, 7), (1, 1, 2), (1, 1, 1), (P0, P1, (0, 1)), 1,
+     "direct_few_channels"),
+    ("few-dilated-wide-f", (1, 1, 17, 30, 2), (1, 2, 3, 2, 40), (1, 1, 1), (1, 2, 2), (P0, (1, 1), (2, 2)), 1,
+     "direct_few_channels"),
+    ("fft-1d", (2, 1, 1, 3000, 1), (1, 1, 129, 1, 1), (1, 1, 1), (1, 1, 1), (P0, P0, (64, 64)), 1, "fft"),
+]
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "gelu"])
+@pytest.mark.parametrize("case", FORWARD, ids=[c[0] for c in FORWARD])
+def test_each_algorithm_matches_reference(case, activation, dtype):
+    _, xs, ws, strides, dilation, pads, groups, algo = case
+    out = _out(xs, ws, strides, dilation, pads)
+    assert C.choose_algorithm(xs, ws, strides, dilation, groups, pads, out) == algo
+    x, w, b = _arrays(xs, ws, dtype)
+    x0, w0 = x.copy(), w.copy()
+    y = C.conv(x, w, b, strides, dilation, pads, groups, out, activation)
+    assert y.dtype == dtype and y.shape == (xs[0],) + out + (ws[-1],)
+    assert_close(y, R.conv(x, w, b, strides, dilation, pads, groups, out, activation), **_tol(dtype))
+    np.testing.assert_array_equal(x, x0)   # inputs are never modified
+    np.testing.assert_array_equal(w, w0)
+
+
+@pytest.mark.parametrize("case", FORWARD, ids=[c[0] for c in FORWARD])
+def test_without_bias(case):
+    _, xs, ws, strides, dilation, pads, groups, _ = case
+    out = _out(xs, ws, strides, dilation, pads)
+    x, w, _ = _arrays(xs, ws, np.float32, seed=1)
+    assert_close(C.conv(x, w, None, strides, dilation, pads, groups, out, None),
+                 R.conv(x, w, None, strides, dilation, pads, groups, out, None))
+
+
+@pytest.mark.parametrize("name", sorted(activations.ELEMENTWISE))
+@pytest.mark.parametrize("engine", ["gemm", "direct"])
+def test_every_fused_activation(name, engine):
+    # bias puts the pre-activations on both sides of every activation's kinks
+    c = 16 if engine == "gemm" else 2
+    x, w, b = _arrays((1, 1, 9, 10, c), (1, 3, 3, c, 20), np.float64, seed=2)
+    args = ((1, 1, 1), (1, 1, 1), (P0, P1, P1), 1, (1, 9, 10))
+    assert C.choose_algorithm(x.shape, w.shape, pads=(P0, P1, P1)) == ("im2col_gemm" if engine == "gemm"
+                                                                      else "direct_few_channels")
+    assert_close(C.conv(x, w, b, *args, name), R.conv(x, w, b, *args, name), rtol=1e-11, atol=1e-12)
+
+
+# (x (N, D, H, W, C), w (KD, KH, KW, F, C), strides, dilation, output padding per axis)
+TRANSPOSED = [
+    ((1, 1, 16, 16, 32), (1, 3, 3, 64, 32), (1, 2, 2), (1, 1, 1), (0, 1, 1)),
+    ((1, 1, 14, 14, 24), (1, 4, 4, 16, 24), (1, 2, 2), (1, 1, 1), (0, 0, 0)),
+    ((2, 4, 5, 6, 16), (2, 2, 2, 8, 16), (2, 2, 2), (1, 1, 1), (0, 0, 0)),   # 1 tap per phase: x's rows
+    ((2, 1, 6, 7, 16), (1, 1, 1, 8, 16), (1, 3, 3), (1, 1, 1), (0, 2, 1)),   # phases no tap reaches
+    ((1, 1, 9, 11, 16), (1, 3, 3, 12, 16), (1, 1, 1), (1, 2, 2), (0, 0, 0)),  # stride 1, dilated
+    ((3, 1, 1, 40, 12), (1, 1, 5, 8, 12), (1, 1, 3), (1, 1, 1), (0, 0, 2)),
+    ((1, 1, 16, 16, 3), (1, 3, 3, 20, 3), (1, 2, 2), (1, 1, 1), (0, 1, 0)),   # few channels: direct
+    ((2, 3, 6, 5, 1), (3, 3, 3, 4, 1), (2, 2, 1), (1, 1, 1), (1, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("crop", [0, 1])
+@pytest.mark.parametrize("case", TRANSPOSED, ids=[str(i) for i in range(len(TRANSPOSED))])
+def test_transposed_matches_reference(case, crop, dtype):
+    xs, ws, strides, dilation, extra = case
+    x, w, b = _arrays(xs, ws, dtype, seed=3, filters=ws[3])
+    full = [(i - 1) * s + (k - 1) * d + 1 for i, s, k, d in zip(xs[1:4], strides, ws[:3], dilation)]
+    before = [min(crop, f - 1) for f in full]
+    out = tuple(f - 2 * p + e for f, p, e in zip(full, before, extra))
+    y = C.conv_transpose(x, w, b, strides, dilation, before, out, "relu")
+    assert_close(y, R.conv_transpose(x, w, b, strides, dilation, before, out, "relu"), **_tol(dtype))
+
+
+@pytest.mark.parametrize("strides, dilation, groups, cg, f", [
+    ((1, 1, 1), (1, 1, 1), 1, 1, 1),
+    ((1, 1, 3), (1, 1, 1), 1, 2, 3),       # strided: stride-1 FFT, then subsampled
+    ((1, 1, 1), (1, 1, 3), 1, 3, 2),       # dilated kernel; contraction over F (Cg > F)
+    ((1, 1, 1), (1, 1, 1), 2, 2, 4),       # grouped, contraction over Cg
+    ((1, 1, 1), (1, 1, 1), 2, 3, 2),       # grouped, contraction over F
+])
+def test_fft_variants_match_reference(strides, dilation, groups, cg, f, dtype):
+    x, w, b = _arrays((2, 1, 3, 300, cg * groups), (1, 2, 31, cg, f), dtype, seed=4)
+    pads = (P0, (1, 0), (20, 7))
+    out = _out(x.shape, w.shape, strides, dilation, pads)
+    assert_close(C._fft_conv(x, w, b, strides, dilation, pads, groups, out, "tanh"),
+                 R.conv(x, w, b, strides, dilation, pads, groups, out, "tanh"), **_tol(dtype))
+
+
+def test_fft_is_chosen_only_where_it_pays():
+    # a long 1-D kernel on a signal pays; the same kernel on 64 channels, or a 7x7 stem, doesn't
+    assert C.choose_algorithm((1, 1, 1, 16000, 1), (1, 1, 255, 1, 1), pads=(P0, P0, (127, 127))) == "fft"
+    assert C.choose_algorithm((1, 1, 1, 16000, 64), (1, 1, 255, 64, 64), pads=(P0, P0, (127, 127))) != "fft"
+    assert C.choose_algorithm((1, 1, 224, 224, 3), (1, 7, 7, 3, 64), (1, 2, 2),
+                              pads=(P0, (2, 3), (2, 3))) == "direct_few_channels"
+    # small kernels never go to FFT
+    assert C.choose_algorithm((1, 1, 1, 100000, 1), (1, 1, 5, 1, 1)) != "fft"
+
+
+THREADED = [c for c in FORWARD if c[-1] != "fft"]
+
+
+@pytest.mark.parametrize("case", THREADED, ids=[c[0] for c in THREADED])
+def test_thread_count_does_not_change_results(case):
+    _, xs, ws, strides, dilation, pads, groups, _ = case
+    out = _out(xs, ws, strides, dilation, pads)
+    n = -(-C._PARALLEL_MIN_MACS // int(np.prod(out) * np.prod(ws)))  # enough work for the parallel path
+    xs = (n,) + xs[1:]
+    x, w, b = _arrays(xs, ws, np.float32, seed=5)
+    results = []
+    for n in (1, 2):
+        fastconv.set_num_threads(n)
+        try:
+            results.append(C.conv(x, w, b, strides, dilation, pads, groups, out, "relu"))
+        finally:
+            fastconv.set_num_threads(None)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert_close(results[1], R.conv(x, w, b, strides, dilation, pads, groups, out, "relu"))
+
+
+@pytest.mark.parametrize("case", [TRANSPOSED[0], TRANSPOSED[6]], ids=["gemm", "direct"])
+def test_transposed_thread_count_does_not_change_results(case):
+    xs, ws, strides, dilation, _ = case
+    xs = (8,) + xs[1:]
+    x, w, b = _arrays(xs, ws, np.float32, seed=6, filters=ws[3])
+    out = tuple((i - 1) * s + k for i, s, k in zip(xs[1:4], strides, ws[:3]))
+    results = []
+    for n in (1, 2):
+        fastconv.set_num_threads(n)
+        try:
+            results.append(C.conv_transpose(x, w, b, strides, dilation, (0, 0, 0), out, None))
+        finally:
+            fastconv.set_num_threads(None)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("case", [FORWARD[0], FORWARD[3], FORWARD[12]], ids=["1x1", "im2col", "direct"])
+def test_empty_batch(case):
+    _, xs, ws, strides, dilation, pads, groups, _ = case
+    x, w, b = _arrays((0,) + xs[1:], ws, np.float32)
+    out = _out(xs, ws, strides, dilation, pads)
+    y = C.conv(x, w, b, strides, dilation, pads, groups, out, "relu")
+    assert y.shape == (0,) + out + (ws[-1],)
+
+
+def test_public_ops_use_it():
+    # 2-D and 1-D public ops, channels_first, through backend="cython"
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 5, 12, 12)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 5, 6)).astype(np.float32)
+    kw = dict(strides=2, padding="same", data_format="channels_first", activation="softmax")
+    assert_close(fastconv.conv2d(x, k, backend="cython", **kw), fastconv.conv2d(x, k, backend="reference", **kw))
+    xt = rng.standard_normal((2, 9, 4)).astype(np.float32)
+    kt = rng.standard_normal((4, 3, 4)).astype(np.float32)
+    assert_close(fastconv.conv1d_transpose(xt, kt, strides=3, padding="same", backend="cython"),
+                 fastconv.conv1d_transpose(xt, kt, strides=3, padding="same", backend="reference"))
