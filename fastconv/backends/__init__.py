@@ -3,17 +3,20 @@
 A backend is a module that implements some of the kernel-contract names
 documented in :mod:`fastconv.backends.reference` and lists them in ``OPS``.
 Backends are imported lazily, on first use; one that fails to import (not
-compiled, no GPU) is simply not available.
+compiled) or says it cannot run here (``UNAVAILABLE``: no GPU) is simply not
+available.
 """
 
 import importlib
 
 from ..errors import BackendError, BackendUnavailableError, NotSupportedError
 
-#: Every backend fastconv knows, in the order ``backend="auto"`` prefers them.
+#: The backends ``backend="auto"`` picks from, in order of preference.
 #: (``reference`` comes last: it is the oracle, the fallback of last resort.)
-KNOWN = ("numba", "cython", "reference")
-_MODULES = {"numba": ".numba", "cython": ".cython", "reference": ".reference"}
+AUTO = ("numba", "cython", "reference")
+#: Every backend fastconv knows: ``auto``'s, then the explicit-only ``cuda`` (GPU).
+KNOWN = AUTO + ("cuda",)
+_MODULES = {"numba": ".numba", "cython": ".cython", "reference": ".reference", "cuda": ".cuda"}
 _loaded = {}
 _failed = {}
 
@@ -48,12 +51,16 @@ def _load(name):
     except ImportError as exc:
         _failed[name] = exc
         return None
+    if getattr(mod, "UNAVAILABLE", None):  # imports, but cannot run here (cuda: no GPU)
+        _failed[name] = mod.UNAVAILABLE
+        return None
     _loaded[name] = mod
     return mod
 
 
 def available_backends():
-    """Names of the backends usable on this machine, in ``auto``'s order of preference.
+    """Names of the backends usable on this machine, in ``auto``'s order of preference,
+    then ``cuda`` where a GPU can be used (``auto`` never picks it: ask for it by name).
 
     Returns
     -------
@@ -65,7 +72,9 @@ def available_backends():
     >>> "reference" in fastconv.available_backends()
     True
     """
-    return [name for name in KNOWN if _load(name) is not None]
+    # A backend may be usable by name but not listed (``LISTED = False``): the cuda
+    # backend under Numba's CUDA simulator, which exists for tests only.
+    return [name for name in KNOWN if _load(name) is not None and getattr(_loaded[name], "LISTED", True)]
 
 
 def backend_ops(name):
@@ -87,7 +96,7 @@ def _module(name):
 def resolve(backend, op):
     """The function implementing kernel-contract ``op`` for ``backend`` ("auto" or a name)."""
     if backend is None or backend == "auto":
-        for name in KNOWN:
+        for name in AUTO:
             mod = _load(name)
             if mod is not None and op in mod.OPS:
                 return getattr(mod, op)

@@ -80,8 +80,30 @@ def data_format(value, op):
     return value.lower()
 
 
+def is_device_array(x):
+    """Whether ``x`` is a CUDA device array: a numba.cuda device array (or the simulator's),
+    or any object with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors)."""
+    return hasattr(x, "__cuda_array_interface__") or getattr(x, "__cuda_ndarray__", False) is True
+
+
 def as_array(x, name, op):
-    """``x`` as a NumPy array of a real numeric dtype (not copied if it already is one)."""
+    """``x`` as a NumPy array of a real numeric dtype (not copied if it already is one).
+
+    A CUDA device array is accepted for ``x`` only (weights are host arrays) and stays
+    on the device, as a numba device array: it has the ``shape``, ``ndim`` and ``dtype``
+    that validation reads; the ops hand it to the cuda backend.
+    """
+    if is_device_array(x):
+        if name != "x":
+            raise InvalidArgumentError(
+                f"{op}: argument `{name}` is a CUDA device array; only `x` may be one "
+                f"(pass weights as NumPy arrays)")
+        from .. import backends
+        arr = backends._module("cuda").as_device_array(x)
+        if np.dtype(arr.dtype).kind not in "biuf":
+            raise InvalidDTypeError(f"{op}: argument `{name}` must be a real numeric array; "
+                                    f"got dtype {arr.dtype}")
+        return arr
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like

@@ -3,10 +3,14 @@
 import numpy as np
 
 from .. import activations, backends
+from ..errors import BackendError
+from ._args import is_device_array
 
 
 def to_3d(x, nsp, fmt, dtype):
     """(N, *spatial, C) or (N, C, *spatial) -> contiguous (N, D, H, W, C) of ``dtype``."""
+    if is_device_array(x):
+        return backends._module("cuda").to_3d(x, nsp, fmt, dtype)
     if fmt == "channels_first":
         x = np.moveaxis(x, 1, -1)
     x = x.reshape((x.shape[0],) + (1,) * (3 - nsp) + x.shape[1:])
@@ -15,6 +19,8 @@ def to_3d(x, nsp, fmt, dtype):
 
 def from_3d(y, nsp, fmt):
     """Inverse of :func:`to_3d` for a result (N, D, H, W, C)."""
+    if is_device_array(y):
+        return backends._module("cuda").from_3d(y, nsp, fmt)
     y = y.reshape((y.shape[0],) + y.shape[4 - nsp:])
     if fmt == "channels_first":
         y = np.ascontiguousarray(np.moveaxis(y, -1, 1))
@@ -31,12 +37,22 @@ def axes3(values, nsp, fill):
     return (fill,) * (3 - nsp) + tuple(values)
 
 
+def kernel(backend, op, x3):
+    """The backend's kernel for ``op``; a CUDA device array ``x3`` needs ``backend="cuda"``."""
+    if backend != "cuda" and is_device_array(x3):
+        raise BackendError(
+            f"x is a CUDA device array: pass backend='cuda' (got backend={backend!r}; 'auto' "
+            f"never runs on the GPU), or copy x to the host first")
+    return backends.resolve(backend, op)
+
+
 def run_conv_like(op, backend, nsp, fmt, activation, *args):
     """Dispatch a convolution-type kernel with its elementwise activation fused, then
     apply an axis-dependent activation (softmax) in the user's layout, as Keras does."""
     fused = activation if isinstance(activation, str) and activation in activations.ELEMENTWISE else None
-    y = backends.resolve(backend, op)(*args, fused)
+    y = kernel(backend, op, args[0])(*args, fused)
     y = from_3d(y, nsp, fmt)
     if activation is not None and fused is None:
-        y = activations.apply(activation, y)
+        y = backends._module("cuda").activation(y, activation) if is_device_array(y) \
+            else activations.apply(activation, y)
     return y

@@ -4,9 +4,8 @@ import collections
 
 import numpy as np
 
-from .. import backends
 from . import _args as A
-from ._layout import axes3, from_3d, to_3d
+from ._layout import axes3, from_3d, kernel, to_3d
 
 __all__ = [
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
@@ -47,15 +46,16 @@ def global_plan(kind, nsp, x, keepdims, data_format):
 
 def _pool(kind, nsp, x, pool_size, strides, padding, data_format, backend):
     p = pool_plan(kind, nsp, x, pool_size, strides, padding, data_format)
-    y = backends.resolve(backend, f"{kind}_pool")(
-        to_3d(p.x, nsp, p.fmt, A.compute_dtype(p.x)), axes3(p.pool, nsp, 1), axes3(p.strides, nsp, 1),
-        axes3(p.pads, nsp, (0, 0)), axes3(p.out, nsp, 1))
+    x3 = to_3d(p.x, nsp, p.fmt, A.compute_dtype(p.x))
+    y = kernel(backend, f"{kind}_pool", x3)(
+        x3, axes3(p.pool, nsp, 1), axes3(p.strides, nsp, 1), axes3(p.pads, nsp, (0, 0)), axes3(p.out, nsp, 1))
     return from_3d(y, nsp, p.fmt)
 
 
 def _global(kind, nsp, x, keepdims, data_format, backend):
     p = global_plan(kind, nsp, x, keepdims, data_format)
-    y = backends.resolve(backend, f"global_{kind}_pool")(to_3d(p.x, nsp, p.fmt, A.compute_dtype(p.x)))
+    x3 = to_3d(p.x, nsp, p.fmt, A.compute_dtype(p.x))
+    y = kernel(backend, f"global_{kind}_pool", x3)(x3)
     if p.keepdims:
         y = y.reshape((y.shape[0],) + (1,) * nsp + (y.shape[1],)) if p.fmt == "channels_last" \
             else y.reshape(y.shape + (1,) * nsp)
