@@ -374,6 +374,13 @@ def conv_gemm(dtype_name, BM, BN, BK, RM, RN):
     T = _NUMBA_TYPES[dtype_name]
     TX, TY = BN // RN, BM // RM
     NT = TX * TY
+    # A-tile loads: thread ``tid`` always loads column ``tid % BK`` (one k, i.e. one tap
+    # and channel, per K step) of rows ``tid // BK + r * MSTEP``, r < LA.  So the
+    # division-heavy decoding of output pixels is done once per thread before the K loop
+    # and that of k once per K step (64-bit division is slow on GPUs).
+    assert NT % BK == 0 and BM % (NT // BK) == 0, "tile shape"
+    MSTEP = NT // BK
+    LA = BM // MSTEP
     activate = _make_activate(T)
     zero = T(0)
 
@@ -383,6 +390,11 @@ def conv_gemm(dtype_name, BM, BN, BK, RM, RN):
         As = cuda.shared.array((BK, BM), T)
         Bs = cuda.shared.array((BK, BN), T)
         acc = cuda.local.array((RM, RN), T)
+        # per A row this thread loads: image (-1: past the end) and window origin per axis
+        pn = cuda.local.array(LA, numba.int64)
+        p_d = cuda.local.array(LA, numba.int64)
+        p_h = cuda.local.array(LA, numba.int64)
+        p_w = cuda.local.array(LA, numba.int64)
         tid = cuda.threadIdx.x
         tx, ty = tid % TX, tid // TX
         m0 = cuda.blockIdx.x * BM
@@ -391,61 +403,63 @@ def conv_gemm(dtype_name, BM, BN, BK, RM, RN):
         D, H, W = x.shape[1], x.shape[2], x.shape[3]
         M = y2.shape[0]
         K = KD * KH * KW * cg
+        kk = tid % BK
+        for r in range(LA):
+            m = m0 + tid // BK + r * MSTEP
+            pn[r] = -1
+            if m < M:
+                ow = m % OW
+                q = m // OW
+                oh = q % OH
+                q //= OH
+                od = q % OD
+                pn[r] = q // OD
+                if transposed:  # input pixel i = (o + pad - t * d) / s where that is exact
+                    p_d[r], p_h[r], p_w[r] = od + pd, oh + ph, ow + pw
+                else:           # input pixel i = o * s - pad + t * d
+                    p_d[r], p_h[r], p_w[r] = od * sd - pd, oh * sh - ph, ow * sw - pw
         for i in range(RM):
             for j in range(RN):
                 acc[i, j] = zero
         for k0 in range(0, K, BK):
-            # A tile: consecutive threads take consecutive k (= consecutive input channels,
-            # contiguous in x) of one pixel.
-            for e in range(tid, BK * BM, NT):
-                kk = e % BK
-                mm = e // BK
-                m = m0 + mm
-                k = k0 + kk
+            # A tile; consecutive threads read consecutive k: consecutive input channels of
+            # one tap, contiguous in x.
+            k = k0 + kk
+            c = k % cg
+            t = k // cg
+            tw = t % KW
+            t //= KW
+            th = t % KH
+            td = t // KH
+            ch = g * cg + c
+            for r in range(LA):
                 v = zero
-                if m < M and k < K:
-                    c = k % cg
-                    t = k // cg
-                    tw = t % KW
-                    t //= KW
-                    th = t % KH
-                    td = t // KH
-                    ow = m % OW
-                    r = m // OW
-                    oh = r % OH
-                    r //= OH
-                    od = r % OD
-                    n = r // OD
+                n = pn[r]
+                if n >= 0 and k < K:
                     if transposed:
-                        # input pixel i with i * s + t * d - pad == o, if there is one
-                        qd = od + pd - td * dd
-                        qh = oh + ph - th * dh
-                        qw = ow + pw - tw * dw
+                        qd, qh, qw = p_d[r] - td * dd, p_h[r] - th * dh, p_w[r] - tw * dw
                         if qd >= 0 and qh >= 0 and qw >= 0 and qd % sd == 0 and qh % sh == 0 \
                                 and qw % sw == 0:
                             i_d, i_h, i_w = qd // sd, qh // sh, qw // sw
                             if i_d < D and i_h < H and i_w < W:
-                                v = x[n, i_d, i_h, i_w, g * cg + c]
+                                v = x[n, i_d, i_h, i_w, ch]
                     else:
-                        i_d = od * sd + td * dd - pd
-                        i_h = oh * sh + th * dh - ph
-                        i_w = ow * sw + tw * dw - pw
+                        i_d, i_h, i_w = p_d[r] + td * dd, p_h[r] + th * dh, p_w[r] + tw * dw
                         if 0 <= i_d < D and 0 <= i_h < H and 0 <= i_w < W:
-                            v = x[n, i_d, i_h, i_w, g * cg + c]
-                As[kk, mm] = v
+                            v = x[n, i_d, i_h, i_w, ch]
+                As[kk, tid // BK + r * MSTEP] = v
             # B tile: consecutive threads take consecutive filters (contiguous in w2).
             for e in range(tid, BK * BN, NT):
                 nn = e % BN
-                kk = e // BN
-                k = k0 + kk
+                kb = k0 + e // BN
                 f = f0 + nn
-                Bs[kk, nn] = w2[k, g * fg + f] if (k < K and f < fg) else zero
+                Bs[e // BN, nn] = w2[kb, g * fg + f] if (kb < K and f < fg) else zero
             cuda.syncthreads()
-            for kk in range(BK):
+            for q in range(BK):
                 for i in range(RM):
-                    a = As[kk, ty + i * TY]
+                    a = As[q, ty + i * TY]
                     for j in range(RN):
-                        acc[i, j] += a * Bs[kk, tx + j * TX]
+                        acc[i, j] += a * Bs[q, tx + j * TX]
             cuda.syncthreads()
         for i in range(RM):
             m = m0 + ty + i * TY
