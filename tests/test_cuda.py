@@ -29,7 +29,7 @@ def _env(**extra):
 
 def _python(code, **env):
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(**env), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300)
 
 
 def _gpu():
@@ -51,6 +51,54 @@ def test_cuda_suite():
     passed = re.search(r"(\d+) passed", summary)
     # all of them ran: nothing skipped or deselected, and the fixture subset is there
     assert passed and int(passed.group(1)) >= 200 and "skipped" not in summary, tail
+
+
+_PTX_CHECK = r"""
+import sys, types
+from numba import cuda, types as t
+from numba.cuda.cudadrv import nvvm
+if not nvvm.is_available():
+    print("SKIP NVVM, the CUDA compiler library, is not installed (pip install 'fastconv[cuda]')")
+    sys.exit(0)
+if not cuda.is_available():  # device functions are built for the current device: name one
+    import numba.cuda.dispatcher as d
+    d.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
+from fastconv.backends import _cuda_kernels as K
+
+def arr(T, nd, layout="C"):
+    return t.Array(T, nd, layout)
+
+i64, b1 = t.int64, t.boolean
+for name, T in (("float32", t.float32), ("float64", t.float64)):
+    E = K.elementwise(name)
+    kernels = [
+        (E["depthwise"], (arr(T, 5), arr(T, 5), arr(T, 1), b1, i64, arr(T, 5)) + (i64,) * 9),
+        (E["pool"], (arr(T, 5), arr(T, 5)) + (i64,) * 10),
+        (E["copy5"], (arr(T, 5, "A"), arr(T, 5, "A"))),
+        (E["copy5"], (arr(t.int32, 5, "A"), arr(T, 5, "A"))),
+        (E["bias_act"], (arr(T, 2), arr(T, 1), b1, i64, arr(T, 2))),
+        (E["affine_act"], (arr(T, 2), arr(T, 1), arr(T, 1), i64, arr(T, 2))),
+        (E["binary"], (arr(T, 1), arr(T, 1), i64, arr(T, 1))),
+        (E["softmax_rows"], (arr(T, 2), arr(T, 2), i64)),
+    ] + [(K.conv_gemm(name, *tiles)[0], (arr(T, 5), arr(T, 2), arr(T, 1), b1, i64, arr(T, 2)) + (i64,) * 18)
+         for tiles in ((64, 64, 16, 4, 4), (128, 16, 16, 4, 2))]
+    for kernel, sig in kernels:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))
+        # float32 kernels compute in float32: a stray float64 constant would promote them
+        assert name == "float64" or ".f64" not in ptx, (kernel.py_func.__name__, sig)
+    cuda.compile_ptx(K.global_pool(name, 32, 8).py_func, (arr(T, 3), arr(T, 2), i64), cc=(8, 0))
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_a_gpu():
+    """Every kernel, in both dtypes and the GPU tile shapes, compiles to PTX (sm_80): what the
+    simulator cannot check (types, what the CUDA target supports). Needs NVVM, not a GPU."""
+    r = _python(_PTX_CHECK)
+    assert r.returncode == 0, r.stdout + r.stderr[-5000:]
+    if r.stdout.startswith("SKIP"):
+        pytest.skip(r.stdout[5:].strip())
+    assert r.stdout.strip().endswith("compiled"), r.stdout
 
 
 def test_auto_never_picks_cuda(monkeypatch):

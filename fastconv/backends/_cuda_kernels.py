@@ -70,7 +70,7 @@ def _make_activate(T):
     @cuda.jit(device=True)
     def softplus(v):
         # log(1 + e^v) without overflow: max(v, 0) + log1p(e^-|v|)
-        return max(v, zero) + math.log1p(math.exp(-abs(v)))
+        return (v if v > zero else zero) + math.log1p(math.exp(-abs(v)))
 
     @cuda.jit(device=True)
     def sigmoid(v):
@@ -201,8 +201,11 @@ def elementwise(dtype_name):
             od = r % OD
             n = r // OD
             d0, h0, w0 = od * sd - pd, oh * sh - ph, ow * sw - pw
-            d1, h1, w1 = min(d0 + kd, D), min(h0 + kh, H), min(w0 + kw, W)
-            d0, h0, w0 = max(d0, 0), max(h0, 0), max(w0, 0)
+            # the window clipped to the input (no min/max: Numba's built-in CUDA target
+            # cannot compile those builtins)
+            d1, h1, w1 = d0 + kd, h0 + kh, w0 + kw
+            d1, h1, w1 = d1 if d1 < D else D, h1 if h1 < H else H, w1 if w1 < W else W
+            d0, h0, w0 = d0 if d0 > 0 else 0, h0 if h0 > 0 else 0, w0 if w0 > 0 else 0
             acc = ninf if kind == 0 else zero
             for i_d in range(d0, d1):
                 for i_h in range(h0, h1):
