@@ -16,6 +16,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import activations, errors  # noqa: E402
 from ._threads import get_num_threads, set_num_threads
 from .backends import available_backends
+from ._explain import explain
 from . import cost
 from .errors import (BackendError, BackendUnavailableError, FastconvError, InvalidArgumentError,
                      InvalidDTypeError, InvalidShapeError, NotSupportedError)
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = list(_ops_all) + [
     "cost",
-    "activations", "errors", "available_backends", "get_num_threads", "set_num_threads",
+    "activations", "errors", "available_backends", "explain", "get_num_threads", "set_num_threads",
     "FastconvError", "InvalidArgumentError", "InvalidShapeError", "InvalidDTypeError",
     "BackendError", "BackendUnavailableError", "NotSupportedError", "__version__",
     "models", "load_model", "Model",

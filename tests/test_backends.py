@@ -17,17 +17,45 @@ def test_compiled_cython_backend_is_built():
     assert "cython" in fastconv.available_backends(), backends._failed.get("cython")
 
 
-def test_auto_takes_each_op_from_the_first_backend_that_has_it(monkeypatch):
-    from fastconv.backends import cython, numba
-    assert backends.resolve("auto", "max_pool") is numba.max_pool
-    assert backends.resolve("auto", "conv") is numba.conv
+def _auto_backend(op, args):
+    return fastconv.explain(op, *args).calls[-1].backend
+
+
+def test_auto_follows_its_rule_and_skips_missing_backends(monkeypatch):
+    from fastconv.backends import _auto, cython
+    x, w = np.ones((1, 9, 9, 16)), np.ones((3, 3, 16, 8))
+    for first in ("numba", "cython"):
+        monkeypatch.setitem(_auto.RULE, "conv/dense", (first, "numba" if first == "cython" else "cython"))
+        assert _auto_backend("conv2d", (x, w)) == first
+    monkeypatch.setitem(_auto.RULE, "max_pool", ("cython", "numba"))
+    assert _auto_backend("max_pool2d", (x,)) == "cython"
+    # a backend that is not available is skipped
+    monkeypatch.setitem(backends._failed, "cython", ImportError("not compiled"))
+    monkeypatch.delitem(backends._loaded, "cython")
+    assert _auto_backend("max_pool2d", (x,)) == "numba"
+    assert _auto_backend("conv2d", (x, w)) == "numba"
+    # an op no compiled backend has comes from the reference
     monkeypatch.setitem(backends._failed, "numba", ImportError("no numba"))
     monkeypatch.delitem(backends._loaded, "numba")
-    assert backends.resolve("auto", "max_pool") is cython.max_pool
-    assert backends.resolve("auto", "conv") is cython.conv
-    # an op neither compiled backend has comes from the reference
-    monkeypatch.setattr(cython, "OPS", cython.OPS - {"conv"})
-    assert backends.resolve("auto", "conv") is backends.reference.conv
+    assert _auto_backend("conv2d", (x, w)) == "reference"
+    # the dispatcher runs what it chose
+    np.testing.assert_allclose(fastconv.conv2d(x, w), fastconv.conv2d(x, w, backend="reference"))
+
+
+def test_auto_shape_classes():
+    from fastconv.backends import _auto
+    cases = [("conv2d", (np.ones((1, 8, 8, 16)), np.ones((1, 1, 16, 8))), {}, "conv/pointwise"),
+             ("conv2d", (np.ones((1, 8, 8, 3)), np.ones((3, 3, 3, 8))), {}, "conv/few_channels"),
+             ("conv2d", (np.ones((1, 8, 8, 16)), np.ones((3, 3, 4, 8))), {"groups": 4}, "conv/grouped"),
+             ("conv2d", (np.ones((1, 8, 8, 16)), np.ones((3, 3, 16, 8))), {}, "conv/dense"),
+             ("conv1d", (np.ones((1, 4000, 1)), np.ones((255, 1, 1))), {"padding": "same"}, "conv/large_kernel"),
+             ("depthwise_conv2d", (np.ones((1, 8, 8, 16)), np.ones((3, 3, 16, 1))), {}, "depthwise_conv"),
+             ("conv2d_transpose", (np.ones((1, 8, 8, 16)), np.ones((3, 3, 8, 16))), {}, "conv_transpose"),
+             ("global_avg_pool2d", (np.ones((1, 8, 8, 16)),), {}, "global_avg_pool")]
+    for op, args, kw, cls in cases:
+        calls = fastconv.explain(op, *args, **kw).calls
+        assert calls[-1].chosen_by == f"auto rule for {cls!r}", (op, calls)
+        assert calls[-1].backend == _auto.RULE[cls][0]
 
 
 def test_backend_without_the_op_says_so(monkeypatch):

@@ -94,17 +94,40 @@ def _module(name):
 
 
 def resolve(backend, op):
-    """The function implementing kernel-contract ``op`` for ``backend`` ("auto" or a name)."""
+    """The function implementing kernel-contract ``op`` for ``backend`` ("auto" or a name).
+
+    For ``"auto"`` it is a dispatcher that picks the backend per call, from the
+    arguments' shape class (:mod:`fastconv.backends._auto`). Inside
+    :func:`fastconv.explain` the returned function records the call instead of
+    computing it.
+    """
     if backend is None or backend == "auto":
-        for name in AUTO:
-            mod = _load(name)
-            if mod is not None and op in mod.OPS:
-                return getattr(mod, op)
-        raise AssertionError(f"no backend implements {op!r}")  # reference implements all
-    mod = _module(backend)
-    if op not in mod.OPS:
-        raise NotSupportedError(
-            f"backend {backend!r} does not implement {op!r} yet; use backend='auto' or "
-            f"one of the backends that do: "
-            f"{', '.join(n for n in available_backends() if op in _load(n).OPS)}")
-    return getattr(mod, op)
+        fn = _AUTO_KERNELS.get(op)
+        if fn is None:
+            fn = _AUTO_KERNELS[op] = _auto_kernel(op)
+    else:
+        mod = _module(backend)
+        if op not in mod.OPS:
+            raise NotSupportedError(
+                f"backend {backend!r} does not implement {op!r} yet; use backend='auto' or "
+                f"one of the backends that do: "
+                f"{', '.join(n for n in available_backends() if op in _load(n).OPS)}")
+        fn = getattr(mod, op)
+    if _explain.recording():
+        return _explain.recorder(op, backend or "auto", fn)
+    return fn
+
+
+_AUTO_KERNELS = {}
+
+
+def _auto_kernel(op):
+    from . import _auto
+
+    def auto(*args):
+        return getattr(_load(_auto.choose(op, args)), op)(*args)
+    auto.__name__ = auto.__qualname__ = f"auto_{op}"
+    return auto
+
+
+from .. import _explain  # noqa: E402  (it imports this module's names lazily)

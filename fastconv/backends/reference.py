@@ -132,3 +132,14 @@ def global_max_pool(x):
 
 def global_avg_pool(x):
     return x.mean(axis=(1, 2, 3), dtype=x.dtype)
+
+
+def algorithm(op, *args):
+    """How this backend computes kernel-contract ``op`` (for :func:`fastconv.explain`)."""
+    return {"conv": "NumPy: one matmul per kernel tap over a strided view of the padded input",
+            "depthwise_conv": "NumPy: one broadcast multiply-add per kernel tap",
+            "conv_transpose": "NumPy: one matmul per kernel tap, added into a strided view of the output",
+            "max_pool": "NumPy: running maximum over the window's strided views",
+            "avg_pool": "NumPy: sum over the window's strided views, divided by the real counts",
+            "global_max_pool": "NumPy: max over the spatial axes",
+            "global_avg_pool": "NumPy: mean over the spatial axes"}[op]

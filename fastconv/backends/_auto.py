@@ -1,0 +1,73 @@
+"""How ``backend="auto"`` picks a backend for each kernel call.
+
+The choice is made per call, from the kernel-contract operation and a *shape
+class* of its arguments (:func:`shape_class`), by the table :data:`RULE`: for
+each class, the compiled backends in order of preference. The table was filled
+by measuring numba against cython on this project's benchmark cases (2-core
+AMD EPYC, see README "backend='auto'"); the reference backend is never chosen
+while a compiled backend implements the op. A backend that is not available,
+or lacks the op, is skipped.
+"""
+
+from . import _load
+
+#: Shape class -> compiled backends, fastest first (measured; README "backend='auto'").
+RULE = {
+    "conv/pointwise": ("numba", "cython"),
+    "conv/few_channels": ("numba", "cython"),
+    "conv/grouped": ("numba", "cython"),
+    "conv/large_kernel": ("cython", "numba"),
+    "conv/dense": ("numba", "cython"),
+    "conv_transpose": ("numba", "cython"),
+    "depthwise_conv": ("numba", "cython"),
+    "max_pool": ("numba", "cython"),
+    "avg_pool": ("numba", "cython"),
+    "global_max_pool": ("numba", "cython"),
+    "global_avg_pool": ("numba", "cython"),
+}
+
+#: Fewer input channels per group than this, in a convolution without groups: "few_channels".
+FEW_CHANNELS = 8
+
+
+def shape_class(op, args):
+    """The shape class of a kernel call (``args`` as the kernel contract passes them).
+
+    >>> import numpy as np
+    >>> x, w = np.zeros((1, 1, 8, 8, 3)), np.zeros((1, 3, 3, 3, 16))
+    >>> shape_class("conv", (x, w, None, (1, 1, 1), (1, 1, 1), ((0, 0),) * 3, 1, (1, 6, 6)))
+    'conv/few_channels'
+    """
+    if op != "conv":
+        return op
+    x, w, _, strides, dilation, pads, groups = args[:7]
+    if groups > 1:
+        return "conv/grouped"
+    if tuple(w.shape[:3]) == (1, 1, 1) and tuple(strides) == (1, 1, 1) \
+            and not any(lo or hi for lo, hi in pads):
+        return "conv/pointwise"
+    if _large_kernel(x, w, strides, dilation, pads, groups, args[7]):
+        return "conv/large_kernel"
+    if w.shape[3] < FEW_CHANNELS:
+        return "conv/few_channels"
+    return "conv/dense"
+
+
+def _large_kernel(x, w, strides, dilation, pads, groups, out_shape):
+    # long kernels where the Cython backend's cost model prefers its FFT algorithm
+    if max(w.shape[:3]) < 7:
+        return False
+    mod = _load("cython")
+    if mod is None:
+        return False
+    from . import _cython_conv
+    return _cython_conv.choose_algorithm(x.shape, w.shape, strides, dilation, groups, pads, out_shape) == "fft"
+
+
+def choose(op, args):
+    """The name of the backend ``auto`` runs kernel-contract ``op`` on for these ``args``."""
+    for name in RULE.get(shape_class(op, args), ()) + ("numba", "cython", "reference"):
+        mod = _load(name)
+        if mod is not None and op in mod.OPS:
+            return name
+    raise AssertionError(f"no backend implements {op!r}")  # reference implements all
