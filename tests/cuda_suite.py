@@ -289,3 +289,29 @@ def test_engine_elementwise_helpers():
     assert CU.reshape(da, (6, 20)).shape == (6, 20)
     np.testing.assert_array_equal(da.copy_to_host(), a)  # inputs untouched
     np.testing.assert_array_equal(CU.to_host(CU.to_device(a)), a)
+
+
+# ----------------------------------------------------------------------------- models
+
+_MODELS = os.path.join(os.path.dirname(__file__), "fixtures", "models")
+
+
+@pytest.mark.parametrize("name", ["mobilenet_like", "tcn_1d", "residual_two_io", "misc_layers"])
+def test_model_predict_matches_keras(name):
+    """Model.predict(backend="cuda") on the first sample of the small model fixtures, against
+    the predictions Keras saved (each op on the GPU; elementwise layers on the host for now)."""
+    z = np.load(os.path.join(_MODELS, f"{name}.npz"))
+    xkeys = sorted(k for k in z.files if k.startswith("x_"))
+    if all(k[2:].isdigit() for k in xkeys):
+        xs = [z[f"x_{i}"][:1] for i in range(len(xkeys))]
+        x = xs[0] if len(xs) == 1 else xs
+    else:
+        x = {k[2:]: z[k][:1] for k in xkeys}
+    model = fastconv.load_model(os.path.join(_MODELS, f"{name}.keras"))
+    out = model.predict(x, backend="cuda")
+    got = [out[k] for k in sorted(out)] if isinstance(out, dict) else out if isinstance(out, list) else [out]
+    want = [z[f"y_{i}"][:1] for i in range(sum(k.startswith("y_") for k in z.files))]
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert isinstance(a, np.ndarray) and a.dtype == np.float32
+        assert_close(a, b, rtol=1e-4, atol=1e-4)

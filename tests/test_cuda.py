@@ -15,6 +15,7 @@ import pytest
 
 import fastconv
 from fastconv import backends, errors
+from fastconv.backends import reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -102,18 +103,31 @@ def test_kernels_compile_for_a_gpu():
 
 
 def test_auto_never_picks_cuda(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("backend='auto' ran a cuda kernel")
+
     class FakeCuda:  # a usable, listed cuda backend with every kernel
-        OPS = backends.reference.OPS
+        OPS = reference.OPS
         LISTED = True
 
     for op in FakeCuda.OPS:
-        setattr(FakeCuda, op, object())
+        setattr(FakeCuda, op, staticmethod(refuse))
     monkeypatch.setitem(backends._loaded, "cuda", FakeCuda)
-    assert fastconv.available_backends()[-1] == "cuda"
-    assert "cuda" not in backends.AUTO
-    for op in FakeCuda.OPS:
-        assert backends.resolve("auto", op) is not getattr(FakeCuda, op)
-        assert backends.resolve("cuda", op) is getattr(FakeCuda, op)
+    # with the compiled backends gone too, auto's last resort must still be the reference
+    for name in ("numba", "cython"):
+        monkeypatch.setitem(backends._failed, name, ImportError("not here"))
+        monkeypatch.delitem(backends._loaded, name, raising=False)
+    assert fastconv.available_backends() == ["reference", "cuda"]
+    x = np.ones((1, 3, 3, 1), np.float32)
+    k = np.ones((1, 1, 1, 1), np.float32)
+    calls = [(fastconv.conv2d, (x, k)), (fastconv.depthwise_conv2d, (x, k)), (fastconv.conv2d_transpose, (x, k)),
+             (fastconv.max_pool2d, (x,)), (fastconv.avg_pool2d, (x,)), (fastconv.global_max_pool2d, (x,)),
+             (fastconv.global_avg_pool2d, (x,))]
+    for f, args in calls:  # one public op per kernel-contract operation
+        f(*args)
+        f(*args, backend="auto")
+        with pytest.raises(AssertionError, match="ran a cuda kernel"):
+            f(*args, backend="cuda")
 
 
 def test_unlisted_backend_is_usable_by_name_only(monkeypatch):
