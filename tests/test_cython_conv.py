@@ -36,19 +36,26 @@ def _tol(dtype):
 P0, P1 = (0, 0), (1, 1)
 # (id, x (N, D, H, W, C), w (KD, KH, KW, Cg, F), strides, dilation, pads, groups, expected algorithm)
 FORWARD = [
-    ("1x1", (2, 1, 15, 17, 48), (1, 1, 1, 48, 40), (1, 1, 1), (1, 1, 1), (P0, P0, P0), 1, "gemm_1x1"),
+    ("1x1", (2, 1, 15, 17, 48), (1, 1, 1, 48, 40), (1, 1, 1), (1, 1, 1), (P0, P0, P0), 1, "direct_tiled"),
+    ("1x1-wide", (1, 1, 5, 6, 2100), (1, 1, 1, 2100, 24), (1, 1, 1), (1, 1, 1), (P0, P0, P0), 1, "gemm_1x1"),
     ("1x1-grouped", (2, 1, 15, 17, 48), (1, 1, 1, 12, 40), (1, 1, 1), (1, 1, 1), (P0, P0, P0), 4, "gemm_1x1"),
-    ("1x1-strided", (2, 1, 15, 17, 32), (1, 1, 1, 32, 24), (1, 2, 2), (1, 1, 1), (P0, P0, P0), 1, "im2col_gemm"),
-    ("3x3-same", (2, 1, 20, 18, 32), (1, 3, 3, 32, 48), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 1, "im2col_gemm"),
+    ("1x1-strided", (2, 1, 15, 17, 32), (1, 1, 1, 32, 24), (1, 2, 2), (1, 1, 1), (P0, P0, P0), 1, "direct_tiled"),
+    ("3x3-same", (2, 1, 20, 18, 32), (1, 3, 3, 32, 48), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 1, "direct_tiled"),
+    ("3x3-f80", (1, 1, 13, 29, 24), (1, 3, 3, 24, 80), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 1, "direct_tiled"),
+    ("3x3-f128-narrow", (2, 1, 9, 5, 16), (1, 3, 3, 16, 128), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 1,
+     "direct_tiled"),
     ("3x3-stride2", (1, 1, 23, 21, 16), (1, 3, 3, 16, 20), (1, 2, 2), (1, 1, 1), (P0, (0, 1), (1, 1)), 1,
-     "im2col_gemm"),
+     "direct_tiled"),
     ("3x3-dilated", (1, 1, 20, 20, 16), (1, 3, 3, 16, 16), (1, 1, 1), (1, 2, 3), (P0, (2, 2), (3, 3)), 1,
+     "direct_tiled"),
+    ("3x3-deep", (1, 1, 6, 7, 240), (1, 3, 3, 240, 20), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 1, "im2col_gemm"),
+    ("3x3-deep-stride2", (1, 1, 9, 8, 240), (1, 3, 3, 240, 70), (1, 2, 2), (1, 1, 1), (P0, (0, 1), P1), 1,
      "im2col_gemm"),
     ("conv1d-k5-dil2", (3, 1, 1, 200, 24), (1, 1, 5, 24, 32), (1, 1, 1), (1, 1, 2), (P0, P0, (4, 4)), 1,
-     "im2col_gemm"),
-    ("conv3d", (2, 7, 8, 9, 8), (3, 2, 3, 8, 12), (2, 1, 1), (1, 1, 1), ((1, 1), (0, 1), P1), 1, "im2col_gemm"),
+     "direct_tiled"),
+    ("conv3d", (2, 7, 8, 9, 8), (3, 2, 3, 8, 12), (2, 1, 1), (1, 1, 1), ((1, 1), (0, 1), P1), 1, "direct_tiled"),
     ("uneven-pads", (1, 1, 11, 13, 16), (1, 4, 2, 16, 8), (1, 3, 1), (1, 1, 1), (P0, (3, 0), (0, 2)), 1,
-     "im2col_gemm"),
+     "direct_tiled"),
     ("grouped-wide", (2, 1, 14, 14, 64), (1, 3, 3, 16, 32), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 4, "im2col_gemm"),
     ("grouped-tiny", (1, 1, 16, 16, 64), (1, 3, 3, 2, 64), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 32, "im2col_gemm"),
     ("grouped-strided", (1, 1, 15, 15, 24), (1, 3, 3, 8, 12), (1, 2, 2), (1, 1, 1), (P0, P1, P1), 3,
@@ -59,7 +66,7 @@ FORWARD = [
      "direct_few_channels"),
     ("few-odd-f", (1, 1, 19, 23, 5), (1, 3, 2, 5, 7), (1, 1, 2), (1, 1, 1), (P0, P1, (0, 1)), 1,
      "direct_few_channels"),
-    ("few-dilated-wide-f", (1, 1, 17, 30, 2), (1, 2, 3, 2, 40), (1, 1, 1), (1, 2, 2), (P0, (1, 1), (2, 2)), 1,
+    ("few-dilated-wide-f", (1, 1, 17, 30, 2), (1, 2, 3, 2, 70), (1, 1, 1), (1, 2, 2), (P0, (1, 1), (2, 2)), 1,
      "direct_few_channels"),
     ("fft-1d", (2, 1, 1, 3000, 1), (1, 1, 129, 1, 1), (1, 1, 1), (1, 1, 1), (P0, P0, (64, 64)), 1, "fft"),
 ]
@@ -93,11 +100,11 @@ def test_without_bias(case):
 @pytest.mark.parametrize("engine", ["gemm", "direct"])
 def test_every_fused_activation(name, engine):
     # bias puts the pre-activations on both sides of every activation's kinks
-    c = 16 if engine == "gemm" else 2
+    c = 240 if engine == "gemm" else 16
     x, w, b = _arrays((1, 1, 9, 10, c), (1, 3, 3, c, 20), np.float64, seed=2)
     args = ((1, 1, 1), (1, 1, 1), (P0, P1, P1), 1, (1, 9, 10))
     assert C.choose_algorithm(x.shape, w.shape, pads=(P0, P1, P1)) == ("im2col_gemm" if engine == "gemm"
-                                                                      else "direct_few_channels")
+                                                                      else "direct_tiled")
     assert_close(C.conv(x, w, b, *args, name), R.conv(x, w, b, *args, name), rtol=1e-11, atol=1e-12)
 
 
@@ -111,7 +118,16 @@ TRANSPOSED = [
     ((3, 1, 1, 40, 12), (1, 1, 5, 8, 12), (1, 1, 3), (1, 1, 1), (0, 0, 2)),
     ((1, 1, 16, 16, 3), (1, 3, 3, 20, 3), (1, 2, 2), (1, 1, 1), (0, 1, 0)),   # few channels: direct
     ((2, 3, 6, 5, 1), (3, 3, 3, 4, 1), (2, 2, 1), (1, 1, 1), (1, 0, 0)),
+    ((1, 1, 5, 6, 600), (1, 4, 4, 24, 600), (1, 2, 2), (1, 1, 1), (0, 1, 0)),  # phases too deep: GEMM
+    ((2, 1, 4, 5, 2100), (1, 1, 1, 8, 2100), (1, 2, 2), (1, 1, 1), (0, 0, 1)),  # GEMM on x's rows
 ]
+
+
+def test_transposed_engines():
+    # the cases above run both engines: direct while the phases' weights fit, else GEMM
+    fits = [C._direct_fits(int(np.prod(ws[:3]) // np.prod(s)) * ws[4]) or ws[4] < C._FEW_CHANNELS
+            for _, ws, s, _, _ in TRANSPOSED]
+    assert any(fits) and not all(fits)
 
 
 @pytest.mark.parametrize("crop", [0, 1])
@@ -172,7 +188,7 @@ def test_thread_count_does_not_change_results(case):
     assert_close(results[1], R.conv(x, w, b, strides, dilation, pads, groups, out, "relu"))
 
 
-@pytest.mark.parametrize("case", [TRANSPOSED[0], TRANSPOSED[6]], ids=["gemm", "direct"])
+@pytest.mark.parametrize("case", [TRANSPOSED[0], TRANSPOSED[6], TRANSPOSED[8]], ids=["direct", "direct-few", "gemm"])
 def test_transposed_thread_count_does_not_change_results(case):
     xs, ws, strides, dilation, _ = case
     xs = (8,) + xs[1:]
@@ -188,7 +204,8 @@ def test_transposed_thread_count_does_not_change_results(case):
     np.testing.assert_array_equal(results[0], results[1])
 
 
-@pytest.mark.parametrize("case", [FORWARD[0], FORWARD[3], FORWARD[12]], ids=["1x1", "im2col", "direct"])
+@pytest.mark.parametrize("case", [FORWARD[1], FORWARD[9], FORWARD[4], FORWARD[17]],
+                         ids=["1x1", "im2col", "direct", "direct-few"])
 def test_empty_batch(case):
     _, xs, ws, strides, dilation, pads, groups, _ = case
     x, w, b = _arrays((0,) + xs[1:], ws, np.float32)

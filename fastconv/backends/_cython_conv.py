@@ -3,16 +3,26 @@
 How a convolution is computed (:func:`choose_algorithm` makes the choice, the
 kernels are in ``_cython/conv.pyx``):
 
-* ``"gemm_1x1"``: a 1x1, stride-1, unpadded convolution is a GEMM straight on
-  the channels-last buffer, (N * pixels, C) x (C, F), by row tiles;
-* ``"im2col_gemm"``: otherwise the patches of one tile of output pixels at a
-  time are packed into a per-thread buffer (implicit im2col, never the whole
-  matrix) and multiplied by the kernel, which in Keras's layout (KD, KH, KW,
-  Cg, F) already *is* the (K * Cg, F) matrix; grouped convolutions run one GEMM
-  per group on the same packed tile with strided operands, nothing copied apart;
-* ``"direct_few_channels"``: with few input channels (RGB stems, 3-D volumes with
-  one channel) a GEMM is too thin to pay, so a direct kernel keeps 8 output
-  pixels x 16 output channels in registers and runs over taps x channels;
+* ``"direct_tiled"``: while the weights stay in L2 (K * Cg <= 2048 rows of a
+  64-channel block, i.e. every 3x3 layer up to 227 input channels, every 1x1 up
+  to 2048), a direct kernel written with 64-byte vector types keeps 6 output
+  pixels x 64 output channels in 24 registers and runs over taps x input
+  channels straight from the channels-last input (no packing).  Measured on the
+  2-core Zen 4 machine it runs at ~110 GFLOP/s per core in isolation against
+  ~80 for SciPy's OpenBLAS sgemm (which then also needs the patches packed), so
+  it is preferred to the GEMM paths wherever it fits;
+* ``"direct_few_channels"``: the same direct kernel, 8 pixels x 16 channels per
+  micro-tile, for inputs with few channels (RGB stems, 3-D volumes with one
+  channel), where a GEMM would be too thin to pay;
+* ``"gemm_1x1"``: a 1x1, stride-1, unpadded convolution whose weights do not fit
+  is a GEMM (SciPy's ``cython_blas``) straight on the channels-last buffer,
+  (N * pixels, C) x (C, F), by row tiles;
+* ``"im2col_gemm"``: otherwise (and for every grouped convolution) the patches of
+  one tile of output pixels at a time are packed into a per-thread buffer
+  (implicit im2col, never the whole matrix) and multiplied by the kernel through
+  BLAS: in Keras's layout (KD, KH, KW, Cg, F) it already *is* the (K * Cg, F)
+  matrix, and grouped convolutions run one GEMM per group on the same packed tile
+  with strided operands, nothing copied apart;
 * ``"fft"``: large kernels whose FFT costs less than the direct sum
   (see :func:`choose_algorithm`), in SciPy's FFT.
 
@@ -67,11 +77,18 @@ _MIN_TASKS = 8
 # Direct-kernel tasks hold about this many multiply-adds (enough to amortise scheduling,
 # small enough to balance threads).
 _DIRECT_TASK_MACS = 1 << 20
+# The direct kernel gathers a run of output pixels (of one output row) in a per-thread buffer
+# of about this size, which stays in L1/L2 until the epilogue moves it to the output.
+_RUN_BYTES = 64 << 10
 # Below this many multiply-adds an op runs on one thread: waking OpenMP's pool and
 # switching BLAS costs more than it saves.
 _PARALLEL_MIN_MACS = 1 << 21
 # Fewer input channels per group than this (and groups == 1): the direct kernel.
 _FEW_CHANNELS = 8
+# The direct kernel's micro-tile sweeps one 4-vector column block of the weights,
+# (K * Cg) rows of 256 bytes, once per 6 output pixels: it is used while that block stays
+# in a 512 KiB L2 (GEMM through BLAS, which blocks K itself, takes over above).
+_DIRECT_WEIGHT_BYTES = 512 << 10
 
 _local = threading.local()
 
@@ -158,7 +175,8 @@ def choose_algorithm(x_shape, w_shape, strides=(1, 1, 1), dilation=(1, 1, 1), gr
     Returns
     -------
     str
-        ``"gemm_1x1"``, ``"im2col_gemm"``, ``"direct_few_channels"`` or ``"fft"``.
+        ``"direct_tiled"``, ``"direct_few_channels"``, ``"gemm_1x1"``, ``"im2col_gemm"``
+        or ``"fft"`` (see the module's docstring).
 
     Notes
     -----
@@ -180,9 +198,11 @@ def choose_algorithm(x_shape, w_shape, strides=(1, 1, 1), dilation=(1, 1, 1), gr
 
     Examples
     --------
-    >>> choose_algorithm((1, 1, 56, 56, 256), (1, 1, 1, 256, 64))
-    'gemm_1x1'
     >>> choose_algorithm((1, 1, 56, 56, 64), (1, 3, 3, 64, 64), pads=((0, 0), (1, 1), (1, 1)))
+    'direct_tiled'
+    >>> choose_algorithm((1, 1, 7, 7, 4096), (1, 1, 1, 4096, 1024))
+    'gemm_1x1'
+    >>> choose_algorithm((1, 1, 14, 14, 512), (1, 3, 3, 512, 512), pads=((0, 0), (1, 1), (1, 1)))
     'im2col_gemm'
     >>> choose_algorithm((1, 1, 224, 224, 3), (1, 3, 3, 3, 32), strides=(1, 2, 2))
     'direct_few_channels'
@@ -197,8 +217,9 @@ def choose_algorithm(x_shape, w_shape, strides=(1, 1, 1), dilation=(1, 1, 1), gr
         out_shape = tuple(max(0, (i + lo + hi - k) // s + 1)
                           for i, (lo, hi), k, s in zip(x_shape[1:4], pads, keff, strides))
     cg, f = w_shape[3], w_shape[4]
+    fits = groups == 1 and _direct_fits(math.prod(ksize) * cg)
     if ksize == (1, 1, 1) and strides == (1, 1, 1) and not any(lo or hi for lo, hi in pads) \
-            and tuple(out_shape) == tuple(x_shape[1:4]):
+            and tuple(out_shape) == tuple(x_shape[1:4]) and not fits:
         return "gemm_1x1"
     if max(keff) >= 7:
         direct = _direct_cost(x_shape, w_shape, out_shape, groups)
@@ -206,7 +227,15 @@ def choose_algorithm(x_shape, w_shape, strides=(1, 1, 1), dilation=(1, 1, 1), gr
             return "fft"
     if groups == 1 and cg < _FEW_CHANNELS:
         return "direct_few_channels"
+    if fits:
+        return "direct_tiled"
     return "im2col_gemm"
+
+
+def _direct_fits(rows):
+    """Whether the weight block a direct micro-kernel sweeps (``rows`` = K * Cg rows of one
+    4-vector, 256-byte column block) stays in L2."""
+    return rows * 4 * _k.VECTOR_SIZE <= _DIRECT_WEIGHT_BYTES
 
 
 # ---------------------------------------------------------------- jobs and tasks
@@ -272,7 +301,8 @@ def _run(engine, x, wmats, jobs, y, b, activation, groups, macs):
             job[21] = int(o) * fp
         tasks = _direct_tasks(jobs, n, c, f)
         kmax = max([math.prod(job[12:15]) for job in jobs] + [1])
-        scratch = _scratch(threads, _k.MICRO_PIXELS * fp, x.dtype)
+        run_max = max(8, min(max(job[2] for job in jobs), _RUN_BYTES // (fp * x.itemsize)))
+        scratch = _scratch(threads, run_max * fp, x.dtype)
         iscratch = _scratch(threads, 6 * kmax, np.intp, slot=1)
         _k.direct_conv(x, wpad, y, np.array(jobs, np.intp).reshape(-1, _k.JOB_FIELDS), tasks, scratch,
                        iscratch, bias, has_bias, code, threads)
@@ -312,7 +342,7 @@ def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
     before = [p[0] for p in pads]
     mode = _k.MODE_ROWS if algo == "gemm_1x1" else _k.MODE_PACK
     job = _job(out_shape, before, strides, dilation, ksize, (0, 0, 0), (1, 1, 1), 0, mode, True)
-    engine = "direct" if algo == "direct_few_channels" else "gemm"
+    engine = "direct" if algo.startswith("direct") else "gemm"
     return _run(engine, x, [w.reshape(-1, f)], [job], y, b, activation, groups, macs)
 
 
@@ -381,7 +411,8 @@ def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activatio
                          _k.MODE_ROWS if rows else _k.MODE_PACK, inplace))
         wmats.append(np.ascontiguousarray(wc[np.ix_(*taps)]).reshape(-1, f))
         macs += n * math.prod(counts) * wmats[-1].size
-    engine = "direct" if c < _FEW_CHANNELS else "gemm"
+    fits = all(_direct_fits(w.shape[0]) for w in wmats)
+    engine = "direct" if c < _FEW_CHANNELS or fits else "gemm"
     return _run(engine, x, wmats, jobs, y, b, activation, 1, macs)
 
 

@@ -87,14 +87,26 @@ cdef extern from *:
     }                                                                                               \\
     static FC_CLONES void fc_bcast1_##SUF(const T* x, const ptrdiff_t* xoff, const ptrdiff_t* woff, \\
             ptrdiff_t nt, ptrdiff_t C, const T* w, ptrdiff_t ldw, T* out) {                         \\
-        fc_v_##SUF a0 = {0};                                                                        \\
-        for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
+        /* four taps at a time into four accumulators: no chain of dependent FMAs */                \\
+        fc_v_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                          \\
+        ptrdiff_t t = 0;                                                                            \\
+        for (; t + 4 <= nt; t += 4) {                                                               \\
+            const T *x0 = x + xoff[t], *x1 = x + xoff[t + 1], *x2 = x + xoff[t + 2], *x3 = x + xoff[t + 3]; \\
+            const T *w0 = w + woff[t], *w1 = w + woff[t + 1], *w2 = w + woff[t + 2], *w3 = w + woff[t + 3]; \\
+            for (ptrdiff_t c = 0; c < C; c++) {                                                     \\
+                a0 += x0[c] * *(const fc_vu_##SUF*)(w0 + c * ldw);                                  \\
+                a1 += x1[c] * *(const fc_vu_##SUF*)(w1 + c * ldw);                                  \\
+                a2 += x2[c] * *(const fc_vu_##SUF*)(w2 + c * ldw);                                  \\
+                a3 += x3[c] * *(const fc_vu_##SUF*)(w3 + c * ldw);                                  \\
+            }                                                                                       \\
+        }                                                                                           \\
+        for (; t < nt; t++) {                                                                       \\
             const T* xs = x + xoff[t];                                                              \\
             const T* ws = w + woff[t];                                                              \\
             for (ptrdiff_t c = 0; c < C; c++)                                                       \\
                 a0 += xs[c] * *(const fc_vu_##SUF*)(ws + c * ldw);                                  \\
         }                                                                                           \\
-        *(fc_vu_##SUF*)(out) = a0;                                                                  \\
+        *(fc_vu_##SUF*)(out) = (a0 + a1) + (a2 + a3);                                               \\
     }                                                                                               \\
     static FC_CLONES void fc_eltw8_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,           \\
             const ptrdiff_t* woff, ptrdiff_t nt, ptrdiff_t C, ptrdiff_t ldx, const T* w,            \\
@@ -131,6 +143,29 @@ cdef extern from *:
                 a0 += *(const fc_vu_##SUF*)(xs + c * ldx) * *(const fc_vu_##SUF*)(ws + c * ldw);    \\
         }                                                                                           \\
         *(fc_vu_##SUF*)(out) = a0;                                                                  \\
+    }                                                                                               \\
+    static FC_CLONES void fc_bcast6x4_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,        \\
+            const ptrdiff_t* woff, ptrdiff_t nt, ptrdiff_t C, const T* w, ptrdiff_t ldw,           \\
+            T* out, ptrdiff_t ldo) {                                                                \\
+        const int VL = 64 / sizeof(T);                                                              \\
+        fc_v_##SUF a[6][4];                                                                         \\
+        for (int p = 0; p < 6; p++) for (int v = 0; v < 4; v++) a[p][v] = (fc_v_##SUF){0};          \\
+        for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
+            const T* xs = x + xoff[t];                                                              \\
+            const T* ws = w + woff[t];                                                              \\
+            for (ptrdiff_t c = 0; c < C; c++) {                                                     \\
+                const T* wr = ws + c * ldw;                                                         \\
+                fc_v_##SUF w0 = *(const fc_vu_##SUF*)(wr), w1 = *(const fc_vu_##SUF*)(wr + VL);     \\
+                fc_v_##SUF w2 = *(const fc_vu_##SUF*)(wr + 2 * VL);                                 \\
+                fc_v_##SUF w3 = *(const fc_vu_##SUF*)(wr + 3 * VL);                                 \\
+                for (int p = 0; p < 6; p++) {                                                       \\
+                    T xv = xs[p * ps + c];                                                          \\
+                    a[p][0] += xv * w0; a[p][1] += xv * w1; a[p][2] += xv * w2; a[p][3] += xv * w3; \\
+                }                                                                                   \\
+            }                                                                                       \\
+        }                                                                                           \\
+        for (int p = 0; p < 6; p++) for (int v = 0; v < 4; v++)                                     \\
+            *(fc_vu_##SUF*)(out + p * ldo + v * VL) = a[p][v];                                      \\
     }
 
     FC_KERNELS(float, f)
@@ -152,6 +187,12 @@ cdef extern from *:
     void fc_eltw8_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                     Py_ssize_t nt, Py_ssize_t C, Py_ssize_t ldx, const double* w, Py_ssize_t ldw,
                     double* out, Py_ssize_t ldo) noexcept nogil
+    void fc_bcast6x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
+                       Py_ssize_t ldo) noexcept nogil
+    void fc_bcast6x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
+                       Py_ssize_t ldo) noexcept nogil
     void fc_eltw1_f(const float* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
                     Py_ssize_t C, Py_ssize_t ldx, const float* w, Py_ssize_t ldw, float* out) noexcept nogil
     void fc_eltw1_d(const double* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
@@ -172,6 +213,15 @@ cdef inline void _bcast8(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, c
         fc_bcast8_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
     else:
         fc_bcast8_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+
+
+cdef inline void _bcast6x4(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                           Py_ssize_t nt, Py_ssize_t C, const real* w, Py_ssize_t ldw, real* out,
+                           Py_ssize_t ldo) noexcept nogil:
+    if real is float:
+        fc_bcast6x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+    else:
+        fc_bcast6x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
 
 
 cdef inline void _bcast1(const real* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
@@ -515,13 +565,36 @@ def gemm_conv(const real[:, :, :, :, ::1] x, const real[::1] wbuf, real[:, :, :,
 
 # ---------------------------------------------------------------- direct engine (few input channels)
 
+cdef inline void _single(const real* x, Py_ssize_t o, Py_ssize_t sw, Py_ssize_t pw, Py_ssize_t dw,
+                         Py_ssize_t W, Py_ssize_t C, Py_ssize_t KW, Py_ssize_t nrow, const Py_ssize_t* rowoff,
+                         const Py_ssize_t* rowtap, Py_ssize_t* xoff1, Py_ssize_t* woff1, const real* w,
+                         Py_ssize_t Fp, Py_ssize_t width, real* out, Py_ssize_t VL) noexcept nogil:
+    """One output pixel (near a border: its own list of taps inside the input), ``width``
+    output channels from ``w``'s first column into ``out``."""
+    cdef Py_ssize_t r, kw, i_w, v, nt1 = 0
+    for r in range(nrow):
+        for kw in range(KW):
+            i_w = o * sw - pw + kw * dw
+            if i_w >= 0 and i_w < W:
+                xoff1[nt1] = rowoff[r] + i_w * C
+                woff1[nt1] = (rowtap[r] + kw) * C * Fp
+                nt1 = nt1 + 1
+    for v in range(width // VL):
+        _bcast1(x, xoff1, woff1, nt1, C, w + v * VL, Fp, out + v * VL)
+
+
 cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, const Job* J,
                        const real* w, Py_ssize_t Fp, real* y, Py_ssize_t F, Py_ssize_t YD, Py_ssize_t YH,
-                       Py_ssize_t YW, Py_ssize_t m0, Py_ssize_t mt, real* obuf, Py_ssize_t* ibuf,
-                       const real* bias, int code, Py_ssize_t VL) noexcept nogil:
-    """Output pixels m0 .. m0 + mt of a job, direct: along each output row, blocks of 8 pixels
-    whose windows lie inside the input row run the 8-pixel micro-kernel over all taps at once;
-    pixels near the left/right border run one at a time over their own taps."""
+                       Py_ssize_t YW, Py_ssize_t m0, Py_ssize_t mt, real* obuf, Py_ssize_t run_max,
+                       Py_ssize_t* ibuf, const real* bias, int code, Py_ssize_t VL) noexcept nogil:
+    """Output pixels m0 .. m0 + mt of a job, direct, by runs of pixels along an output row.
+
+    For each block of output channels (4 vectors with the 6-pixel x 4-vector micro-kernel,
+    else 1 vector with the 8-pixel one), blocks of pixels whose windows lie inside the input
+    row run over all taps at once (a block that would overrun the inside part is moved back
+    to end there, recomputing a few pixels identically); pixels whose window crosses the
+    left/right border run one at a time over their own taps.  The run's outputs gather in
+    ``obuf`` (run_max x Fp, in L1/L2) and get the epilogue on their way to ``y``."""
     cdef Py_ssize_t KD = J.k[0], KH = J.k[1], KW = J.k[2], K = KD * KH * KW
     cdef Py_ssize_t* xoff = ibuf
     cdef Py_ssize_t* woff = ibuf + K
@@ -529,16 +602,17 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
     cdef Py_ssize_t* woff1 = ibuf + 3 * K
     cdef Py_ssize_t* rowoff = ibuf + 4 * K
     cdef Py_ssize_t* rowtap = ibuf + 5 * K
-    cdef Py_ssize_t m = m0, end = m0 + mt, run, t, n, od, oh, ow, kd, kh, kw, i_d, i_h, i_w
-    cdef Py_ssize_t nrow, nt, nt1, r, jj, o, fc, p, sw = J.s[2], pw = J.p[2], dw = J.d[2], ypix
+    cdef Py_ssize_t m = m0, end = m0 + mt, run, t, n, od, oh, ow, kd, kh, kw, i_d, i_h
+    cdef Py_ssize_t nrow, nt, r, jj, o, fc, P, width, e, sw = J.s[2], pw = J.p[2], dw = J.d[2], ypix
     cdef Py_ssize_t ow_lo, ow_hi
-    cdef const real* b
     # output columns whose whole window row is inside the input: [ow_lo, ow_hi)
     ow_lo = 0 if pw <= 0 else (pw + sw - 1) // sw
     if W - 1 + pw - (KW - 1) * dw < 0:
         ow_hi = 0
     else:
         ow_hi = (W - 1 + pw - (KW - 1) * dw) // sw + 1
+    if ow_hi > J.o[2]:
+        ow_hi = J.o[2]
     while m < end:
         ow = m % J.o[2]
         t = m // J.o[2]
@@ -549,6 +623,8 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
         run = J.o[2] - ow
         if run > end - m:
             run = end - m
+        if run > run_max:
+            run = run_max
         nrow = 0
         for kd in range(KD):
             i_d = od * J.s[0] - J.p[0] + kd * J.d[0]
@@ -567,33 +643,40 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
                 xoff[nt] = rowoff[r] + kw * dw * C
                 woff[nt] = (rowtap[r] + kw) * C * Fp
                 nt = nt + 1
-        jj = 0
-        while jj < run:
-            o = ow + jj
-            if jj + MICRO_P <= run and o >= ow_lo and o + MICRO_P <= ow_hi:
-                for fc in range(Fp // VL):
-                    _bcast8(x + (o * sw - pw) * C, sw * C, xoff, woff, nt, C, w + fc * VL, Fp, obuf + fc * VL, Fp)
-                p = MICRO_P
+        e = ow_hi if ow_hi < ow + run else ow + run   # end of the inside pixels of this run
+        fc = 0
+        while fc < Fp:
+            if Fp - fc >= 4 * VL:
+                width = 4 * VL
+                P = 6
             else:
-                nt1 = 0
-                for r in range(nrow):
-                    for kw in range(KW):
-                        i_w = o * sw - pw + kw * dw
-                        if i_w >= 0 and i_w < W:
-                            xoff1[nt1] = rowoff[r] + i_w * C
-                            woff1[nt1] = (rowtap[r] + kw) * C * Fp
-                            nt1 = nt1 + 1
-                for fc in range(Fp // VL):
-                    _bcast1(x, xoff1, woff1, nt1, C, w + fc * VL, Fp, obuf + fc * VL)
-                p = 1
-            if J.inplace:
-                for r in range(p):
-                    _finish_row(y + (m + jj + r) * F, obuf + r * Fp, F, bias, code)
-            else:
-                for r in range(p):
-                    ypix = _y_pixel(J, m + jj + r, YD, YH, YW)
-                    _finish_row(y + ypix * F, obuf + r * Fp, F, bias, code)
-            jj = jj + p
+                width = VL
+                P = MICRO_P
+            jj = 0
+            while jj < run:
+                o = ow + jj
+                if o >= ow_lo and o < e and e - ow_lo >= P and e - ow >= P:
+                    if o + P > e:
+                        o = e - P   # move the block back to end at the last inside pixel
+                    if P == 6:
+                        _bcast6x4(x + (o * sw - pw) * C, sw * C, xoff, woff, nt, C, w + fc, Fp,
+                                  obuf + (o - ow) * Fp + fc, Fp)
+                    else:
+                        _bcast8(x + (o * sw - pw) * C, sw * C, xoff, woff, nt, C, w + fc, Fp,
+                                obuf + (o - ow) * Fp + fc, Fp)
+                    jj = o + P - ow
+                else:
+                    _single(x, o, sw, pw, dw, W, C, KW, nrow, rowoff, rowtap, xoff1, woff1, w + fc, Fp,
+                            width, obuf + jj * Fp + fc, VL)
+                    jj = jj + 1
+            fc = fc + width
+        if J.inplace:
+            for r in range(run):
+                _finish_row(y + (m + r) * F, obuf + r * Fp, F, bias, code)
+        else:
+            for r in range(run):
+                ypix = _y_pixel(J, m + r, YD, YH, YW)
+                _finish_row(y + ypix * F, obuf + r * Fp, F, bias, code)
         m = m + run
 
 
@@ -602,10 +685,12 @@ def direct_conv(const real[:, :, :, :, ::1] x, const real[:, ::1] wpad, real[:, 
                 Py_ssize_t[:, ::1] iscratch, const real[::1] bias, bint has_bias, int code, int num_threads):
     """Run direct tasks (groups = 1): ``wpad`` is the jobs' weight matrices, each (K * C, Fp)
     with the output channels zero-padded to ``Fp``, a whole number of 64-byte vectors;
-    ``scratch`` rows hold 8 x Fp outputs per thread, ``iscratch`` rows 6 * K tap offsets."""
+    ``scratch`` rows hold a run of outputs per thread (``run_max = len // Fp`` pixels),
+    ``iscratch`` rows 6 * K tap offsets."""
     cdef Py_ssize_t D = x.shape[1], H = x.shape[2], W = x.shape[3], C = x.shape[4]
     cdef Py_ssize_t YD = y.shape[1], YH = y.shape[2], YW = y.shape[3], F = y.shape[4]
     cdef Py_ssize_t Fp = wpad.shape[1], VL = VECTOR_BYTES // sizeof(real), i, tid
+    cdef Py_ssize_t run_max = scratch.shape[1] // Fp
     cdef Job J
     cdef const real* bp = &bias[0] if has_bias else NULL
     cdef const real* wp = &wpad[0, 0]
@@ -619,7 +704,7 @@ def direct_conv(const real[:, :, :, :, ::1] x, const real[:, ::1] wpad, real[:, 
                 _direct_zero(&y[0, 0, 0, 0, 0], F, &J, tasks[i, 1], tasks[i, 2], YD, YH, YW, &scratch[tid, 0], bp, code)
                 continue
             _direct_task(&x[0, 0, 0, 0, 0], D, H, W, C, &J, wp + J.woff, Fp, &y[0, 0, 0, 0, 0], F, YD, YH, YW,
-                         tasks[i, 1], tasks[i, 2], &scratch[tid, 0], &iscratch[tid, 0], bp, code, VL)
+                         tasks[i, 1], tasks[i, 2], &scratch[tid, 0], run_max, &iscratch[tid, 0], bp, code, VL)
 
 
 cdef void _direct_zero(real* y, Py_ssize_t F, const Job* J, Py_ssize_t m0, Py_ssize_t mt,
