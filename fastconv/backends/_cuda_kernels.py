@@ -384,13 +384,16 @@ def conv_gemm(dtype_name, BM, BN, BK, RM, RN):
     assert NT % BK == 0 and BM % (NT // BK) == 0, "tile shape"
     MSTEP = NT // BK
     LA = BM // MSTEP
+    # A-tile rows padded by 2: a warp stores 16 k-rows x 2 pixels of it, and with rows a
+    # multiple of 32 words long all 16 k-rows would fall in one shared-memory bank.
+    BM_PAD = BM + 2
     activate = _make_activate(T)
     zero = T(0)
 
     @cuda.jit
     def kernel(x, w2, b, has_bias, code, y2, OD, OH, OW, KD, KH, KW,
                sd, sh, sw, dd, dh, dw, pd, ph, pw, cg, fg, transposed):
-        As = cuda.shared.array((BK, BM), T)
+        As = cuda.shared.array((BK, BM_PAD), T)
         Bs = cuda.shared.array((BK, BN), T)
         acc = cuda.local.array((RM, RN), T)
         # per A row this thread loads: image (-1: past the end) and window origin per axis
