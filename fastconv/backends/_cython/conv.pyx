@@ -143,13 +143,17 @@ cdef extern from *:
                 a0 += *(const fc_vu_##SUF*)(xs + c * ldx) * *(const fc_vu_##SUF*)(ws + c * ldw);    \\
         }                                                                                           \\
         *(fc_vu_##SUF*)(out) = a0;                                                                  \\
-    }                                                                                               \\
-    static FC_CLONES void fc_bcast6x4_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,        \\
+    }
+
+    /* out[p * ldo + 0:4*VL] for p < P (P = 1..6, a compile-time constant per function): the
+       4-vector micro-kernel, 6 x 4 accumulators at most (24 of AVX-512's 32 registers). */
+    #define FC_BX4(T, SUF, P)                                                                       \\
+    static FC_CLONES void fc_bcast##P##x4_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,    \\
             const ptrdiff_t* woff, ptrdiff_t nt, ptrdiff_t C, const T* w, ptrdiff_t ldw,           \\
             T* out, ptrdiff_t ldo) {                                                                \\
         const int VL = 64 / sizeof(T);                                                              \\
-        fc_v_##SUF a[6][4];                                                                         \\
-        for (int p = 0; p < 6; p++) for (int v = 0; v < 4; v++) a[p][v] = (fc_v_##SUF){0};          \\
+        fc_v_##SUF a[P][4];                                                                         \\
+        for (int p = 0; p < P; p++) for (int v = 0; v < 4; v++) a[p][v] = (fc_v_##SUF){0};          \\
         for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
             const T* xs = x + xoff[t];                                                              \\
             const T* ws = w + woff[t];                                                              \\
@@ -158,18 +162,23 @@ cdef extern from *:
                 fc_v_##SUF w0 = *(const fc_vu_##SUF*)(wr), w1 = *(const fc_vu_##SUF*)(wr + VL);     \\
                 fc_v_##SUF w2 = *(const fc_vu_##SUF*)(wr + 2 * VL);                                 \\
                 fc_v_##SUF w3 = *(const fc_vu_##SUF*)(wr + 3 * VL);                                 \\
-                for (int p = 0; p < 6; p++) {                                                       \\
+                for (int p = 0; p < P; p++) {                                                       \\
                     T xv = xs[p * ps + c];                                                          \\
                     a[p][0] += xv * w0; a[p][1] += xv * w1; a[p][2] += xv * w2; a[p][3] += xv * w3; \\
                 }                                                                                   \\
             }                                                                                       \\
         }                                                                                           \\
-        for (int p = 0; p < 6; p++) for (int v = 0; v < 4; v++)                                     \\
+        for (int p = 0; p < P; p++) for (int v = 0; v < 4; v++)                                     \\
             *(fc_vu_##SUF*)(out + p * ldo + v * VL) = a[p][v];                                      \\
     }
+    #define FC_BX4_ALL(T, SUF) \\
+        FC_BX4(T, SUF, 1) FC_BX4(T, SUF, 2) FC_BX4(T, SUF, 3) FC_BX4(T, SUF, 4) FC_BX4(T, SUF, 5) FC_BX4(T, SUF, 6)
 
     FC_KERNELS(float, f)
     FC_KERNELS(double, d)
+    FC_BX4_ALL(float, f)
+    FC_BX4_ALL(double, d)
+
     """
     void fc_bcast8_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                      Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
@@ -187,8 +196,38 @@ cdef extern from *:
     void fc_eltw8_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                     Py_ssize_t nt, Py_ssize_t C, Py_ssize_t ldx, const double* w, Py_ssize_t ldw,
                     double* out, Py_ssize_t ldo) noexcept nogil
+    void fc_bcast1x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
+                       Py_ssize_t ldo) noexcept nogil
+    void fc_bcast2x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
+                       Py_ssize_t ldo) noexcept nogil
+    void fc_bcast3x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
+                       Py_ssize_t ldo) noexcept nogil
+    void fc_bcast4x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
+                       Py_ssize_t ldo) noexcept nogil
+    void fc_bcast5x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
+                       Py_ssize_t ldo) noexcept nogil
     void fc_bcast6x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
+                       Py_ssize_t ldo) noexcept nogil
+    void fc_bcast1x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
+                       Py_ssize_t ldo) noexcept nogil
+    void fc_bcast2x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
+                       Py_ssize_t ldo) noexcept nogil
+    void fc_bcast3x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
+                       Py_ssize_t ldo) noexcept nogil
+    void fc_bcast4x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
+                       Py_ssize_t ldo) noexcept nogil
+    void fc_bcast5x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                       Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
                        Py_ssize_t ldo) noexcept nogil
     void fc_bcast6x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
@@ -215,13 +254,36 @@ cdef inline void _bcast8(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, c
         fc_bcast8_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
 
 
-cdef inline void _bcast6x4(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
-                           Py_ssize_t nt, Py_ssize_t C, const real* w, Py_ssize_t ldw, real* out,
-                           Py_ssize_t ldo) noexcept nogil:
+cdef inline void _bcastx4(int P, const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                          Py_ssize_t nt, Py_ssize_t C, const real* w, Py_ssize_t ldw, real* out,
+                          Py_ssize_t ldo) noexcept nogil:
+    """The 4-vector micro-kernel on P = 1..6 pixels."""
     if real is float:
-        fc_bcast6x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        if P == 6:
+            fc_bcast6x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        elif P == 5:
+            fc_bcast5x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        elif P == 4:
+            fc_bcast4x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        elif P == 3:
+            fc_bcast3x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        elif P == 2:
+            fc_bcast2x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        else:
+            fc_bcast1x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
     else:
-        fc_bcast6x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        if P == 6:
+            fc_bcast6x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        elif P == 5:
+            fc_bcast5x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        elif P == 4:
+            fc_bcast4x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        elif P == 3:
+            fc_bcast3x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        elif P == 2:
+            fc_bcast2x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        else:
+            fc_bcast1x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
 
 
 cdef inline void _bcast1(const real* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
@@ -591,8 +653,9 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
 
     For each block of output channels (4 vectors with the 6-pixel x 4-vector micro-kernel,
     else 1 vector with the 8-pixel one), blocks of pixels whose windows lie inside the input
-    row run over all taps at once (a block that would overrun the inside part is moved back
-    to end there, recomputing a few pixels identically); pixels whose window crosses the
+    row run over all taps at once (4 vectors: the last block is shorter; 1 vector: a block
+    that would overrun the inside part is moved back to end there, recomputing a few
+    pixels identically); pixels whose window crosses the
     left/right border run one at a time over their own taps.  The run's outputs gather in
     ``obuf`` (run_max x Fp, in L1/L2) and get the epilogue on their way to ``y``."""
     cdef Py_ssize_t KD = J.k[0], KH = J.k[1], KW = J.k[2], K = KD * KH * KW
@@ -603,7 +666,7 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
     cdef Py_ssize_t* rowoff = ibuf + 4 * K
     cdef Py_ssize_t* rowtap = ibuf + 5 * K
     cdef Py_ssize_t m = m0, end = m0 + mt, run, t, n, od, oh, ow, kd, kh, kw, i_d, i_h
-    cdef Py_ssize_t nrow, nt, r, jj, o, fc, P, width, e, sw = J.s[2], pw = J.p[2], dw = J.d[2], ypix
+    cdef Py_ssize_t nrow, nt, r, jj, o, fc, P, q, width, e, sw = J.s[2], pw = J.p[2], dw = J.d[2], ypix
     cdef Py_ssize_t ow_lo, ow_hi
     # output columns whose whole window row is inside the input: [ow_lo, ow_hi)
     ow_lo = 0 if pw <= 0 else (pw + sw - 1) // sw
@@ -655,15 +718,17 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
             jj = 0
             while jj < run:
                 o = ow + jj
-                if o >= ow_lo and o < e and e - ow_lo >= P and e - ow >= P:
+                if P == 6 and o >= ow_lo and o < e:
+                    # 4 vectors: blocks of 6 pixels, the last one shorter
+                    q = e - o if e - o < 6 else 6
+                    _bcastx4(<int>q, x + (o * sw - pw) * C, sw * C, xoff, woff, nt, C, w + fc, Fp,
+                             obuf + jj * Fp + fc, Fp)
+                    jj = jj + q
+                elif P != 6 and o >= ow_lo and o < e and e - ow_lo >= P and e - ow >= P:
                     if o + P > e:
                         o = e - P   # move the block back to end at the last inside pixel
-                    if P == 6:
-                        _bcast6x4(x + (o * sw - pw) * C, sw * C, xoff, woff, nt, C, w + fc, Fp,
-                                  obuf + (o - ow) * Fp + fc, Fp)
-                    else:
-                        _bcast8(x + (o * sw - pw) * C, sw * C, xoff, woff, nt, C, w + fc, Fp,
-                                obuf + (o - ow) * Fp + fc, Fp)
+                    _bcast8(x + (o * sw - pw) * C, sw * C, xoff, woff, nt, C, w + fc, Fp,
+                            obuf + (o - ow) * Fp + fc, Fp)
                     jj = o + P - ow
                 else:
                     _single(x, o, sw, pw, dw, W, C, KW, nrow, rowoff, rowtap, xoff1, woff1, w + fc, Fp,
