@@ -60,11 +60,28 @@ def test_pointwise_gemm(dtype):
 @pytest.mark.parametrize("tile_bytes", [64, 4096, 1 << 30])
 def test_im2col_tiles(nb, monkeypatch, tile_bytes, dtype):
     monkeypatch.setattr(nb, "_TILE_BYTES", tile_bytes)
-    # strided (im2col, channels-last packing) and few-channel (transposed packing)
+    # strided (im2col, channels-last packing) and few-channel (transposed packing: the
+    # phases of a transposed convolution with 3 input channels)
     _check(fastconv.conv2d, _rand(2, 13, 11, 12), _rand(3, 3, 12, 6), _rand(6), dtype=dtype, strides=2,
            padding="same", activation="silu")
-    _check(fastconv.conv2d, _rand(2, 13, 11, 3), _rand(3, 3, 3, 6), dtype=dtype, strides=2, padding="same")
-    _check(fastconv.conv3d, _rand(2, 5, 6, 7, 1), _rand(3, 3, 3, 1, 4), dtype=dtype)
+    _check(fastconv.conv2d_transpose, _rand(2, 7, 6, 3), _rand(3, 3, 6, 3), dtype=dtype, strides=2, padding="same")
+    _check(fastconv.conv3d_transpose, _rand(2, 3, 4, 3, 1), _rand(3, 3, 3, 4, 1), dtype=dtype)
+
+
+@pytest.mark.parametrize("c, strides, f", [(1, 1, 16), (3, 2, 32), (3, 1, 40), (2, 1, 20), (5, 2, 5),
+                                           (1, 3, 17)])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_few_channel_direct(nb, monkeypatch, c, strides, f, padding, dtype):
+    # < 8 input channels: the direct kernel vectorised along output channels; pixel pitches
+    # 1, 3, 6 (constant-pitch tiles) and 2, 10, 3 (generic); 1, 2 and 3 vectors of output
+    # channels with masked tails; tiles of 8 and 4 pixels, rows narrower than a tile
+    monkeypatch.setattr(nb, "_DIRECT_PARALLEL_MIN_WORK", 0)
+    _check(fastconv.conv2d, _rand(2, 11, 23, c), _rand(3, 3, c, f), _rand(f), dtype=dtype, strides=strides,
+           padding=padding, activation="relu6")
+    _check(fastconv.conv2d, _rand(1, 6, 5, c), _rand(2, 3, c, f), dtype=dtype, padding=padding, dilation_rate=(1, 2))
+    _check(fastconv.conv1d, _rand(2, 30, c), _rand(4, c, f), _rand(f), dtype=dtype, padding="causal")
+    _check(fastconv.conv3d, _rand(1, 5, 6, 19, c), _rand(3, 2, 3, c, f), dtype=dtype, strides=(1, 1, strides),
+           padding=padding)
 
 
 def test_grouped_gemm_and_direct(dtype):
@@ -83,6 +100,30 @@ def test_grouped_gemm_and_direct(dtype):
 def test_depthwise_3x3_fast_path(kw, dtype):
     _check(fastconv.depthwise_conv2d, _rand(2, 9, 10, 24), _rand(3, 3, 24, 1), _rand(24), dtype=dtype,
            activation="relu6", **kw)
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 10, 24), (1, 7, 12, 37), (1, 5, 9, 300), (1, 6, 5, 16)])
+@pytest.mark.parametrize("kw", [
+    dict(padding="same"), dict(padding="valid"), dict(padding="same", strides=2),
+    dict(padding="same", dilation_rate=(1, 2)), dict(padding="same", dilation_rate=(2, 1)),
+    dict(padding="same", strides=(2, 1)), dict(padding=((3, 0), (0, 3))),
+])
+def test_depthwise_simd_tiles(nb, monkeypatch, shape, kw, dtype):
+    # the register-tiled kernel: 3x3 unit-stride tiles, generic tiles (strided or dilated
+    # along W), border pixels, channel tails (37 = 2 x 16 + 5), rows cut into chunks
+    # (300 channels), windows wholly in the padding (explicit 3-pixel padding); threads on
+    monkeypatch.setattr(nb, "_DIRECT_PARALLEL_MIN_WORK", 0)
+    x = _rand(*shape)
+    _check(fastconv.depthwise_conv2d, x, _rand(3, 3, shape[-1], 1), _rand(shape[-1]), dtype=dtype,
+           activation="relu", **kw)
+    _check(fastconv.depthwise_conv2d, x, _rand(2, 5, shape[-1], 1), dtype=dtype, **kw)
+
+
+def test_depthwise_1d_and_multiplier(dtype):
+    _check(fastconv.depthwise_conv1d, _rand(3, 40, 21), _rand(5, 21, 1), _rand(21), dtype=dtype, padding=((8, 0),),
+           dilation_rate=2, activation="tanh")
+    # channel multiplier 2: the direct per-channel loop
+    _check(fastconv.depthwise_conv2d, _rand(2, 7, 8, 5), _rand(3, 3, 5, 2), _rand(10), dtype=dtype, padding="same")
 
 
 def test_transpose_batches(dtype):

@@ -12,6 +12,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from ._blas import gemm
+from ._numba_simd import lanes, vbroadcast, vfma, vload, vload_n, vstore, vstore_n, vzero
 
 # Activation codes: the elementwise Keras activations the kernels fuse.
 ACT_CODES = {None: 0, "relu": 1, "relu6": 2, "leaky_relu": 3, "elu": 4, "selu": 5, "celu": 6,
@@ -264,44 +265,403 @@ def window_taps(od, oh, ow, in_shape, ksize, strides, dilation, before, taps):
     return nt
 
 
-@njit(parallel=True, cache=True, fastmath={"contract"})
+# ------------------------------------------------------- SIMD direct kernels
+# These spell out register tiles with the explicit vectors of ``_numba_simd``:
+# a tile is a few output pixels times one vector of channels, accumulated in
+# registers over every tap.  Tiles cover the "interior" columns of an output
+# row, whose windows lie inside the input along W, so their loads need no
+# checks; the kernel rows outside the input along D and H are dropped per row
+# (``kernel_rows``), and the few border columns go through a per-pixel loop
+# that checks each tap.  The last vector of a row of channels is masked.
+
+# Output pixels per register tile: 4 pixels x (1 vector + the taps' loads) fit the
+# 16/32 vector registers, and the 3x3 tile reads 6 input columns for 4 outputs.
+_TILE = 4
+
+
+@njit(cache=True, inline="always")
+def kernel_rows(n, od, oh, x_shape, ksize, strides, dilation, before, rows, taps0):
+    """The kernel rows (kd, kh) of output row (n, od, oh) that fall inside the input:
+    ``rows[r]`` is the flat offset of that input row in ``x`` (channels-last, contiguous)
+    and ``taps0[r]`` the index of its first tap; returns how many there are."""
+    _, D, H, W, C = x_shape
+    nr = 0
+    for kd in range(ksize[0]):
+        i_d = od * strides[0] - before[0] + kd * dilation[0]
+        if i_d < 0 or i_d >= D:
+            continue
+        for kh in range(ksize[1]):
+            i_h = oh * strides[1] - before[1] + kh * dilation[1]
+            if i_h < 0 or i_h >= H:
+                continue
+            rows[nr] = ((n * D + i_d) * H + i_h) * W * C
+            taps0[nr] = (kd * ksize[1] + kh) * ksize[2]
+            nr += 1
+    return nr
+
+
+@njit(cache=True, inline="always")
+def interior_columns(W, OW, kw, stride, dilation, before):
+    """[lo, hi): the output columns whose KW taps all fall inside the W input columns."""
+    lo = min(OW, max(0, -(-before // stride)))
+    top = W - 1 - (kw - 1) * dilation + before
+    hi = min(OW, top // stride + 1) if top >= 0 else 0
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, inline="always")
+def _dw_tile_3x3(x, y, o, xc, r0, r1, r2, C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b):
+    """Four neighbouring output pixels of a 3x3, unit-stride depthwise kernel, one vector
+    of channels: the 6 input columns of each kernel row are loaded once and shared."""
+    a0 = b
+    a1 = b
+    a2 = b
+    a3 = b
+    for r in range(3):
+        base = (r0 if r == 0 else (r1 if r == 1 else r2)) + xc
+        w0 = k0 if r == 0 else (k3 if r == 1 else k6)
+        w1 = k1 if r == 0 else (k4 if r == 1 else k7)
+        w2 = k2 if r == 0 else (k5 if r == 1 else k8)
+        x0 = vload_n(x, base, m)
+        x1 = vload_n(x, base + C, m)
+        a0 = vfma(x0, w0, a0)
+        a1 = vfma(x1, w0, a1)
+        a0 = vfma(x1, w1, a0)
+        x2 = vload_n(x, base + 2 * C, m)
+        a0 = vfma(x2, w2, a0)
+        a1 = vfma(x2, w1, a1)
+        a2 = vfma(x2, w0, a2)
+        x3 = vload_n(x, base + 3 * C, m)
+        a1 = vfma(x3, w2, a1)
+        a2 = vfma(x3, w1, a2)
+        a3 = vfma(x3, w0, a3)
+        x4 = vload_n(x, base + 4 * C, m)
+        a2 = vfma(x4, w2, a2)
+        a3 = vfma(x4, w1, a3)
+        x5 = vload_n(x, base + 5 * C, m)
+        a3 = vfma(x5, w2, a3)
+    vstore_n(y, o, a0, m)
+    vstore_n(y, o + C, a1, m)
+    vstore_n(y, o + 2 * C, a2, m)
+    vstore_n(y, o + 3 * C, a3, m)
+
+
+@njit(cache=True, inline="always")
+def _dw_tile(x, wt, y, o, xc, rows, taps0, nr, KW, C, c0, m, step, tapstep, b):
+    """Four output pixels ``step`` apart in the input (any kernel, stride, dilation), one
+    vector of channels, every tap of the ``nr`` kernel rows inside the input."""
+    a0 = b
+    a1 = b
+    a2 = b
+    a3 = b
+    for r in range(nr):
+        col = rows[r] + xc
+        t = taps0[r] * C + c0
+        for kw in range(KW):
+            wv = vload_n(wt, t, m)
+            a0 = vfma(vload_n(x, col, m), wv, a0)
+            a1 = vfma(vload_n(x, col + step, m), wv, a1)
+            a2 = vfma(vload_n(x, col + 2 * step, m), wv, a2)
+            a3 = vfma(vload_n(x, col + 3 * step, m), wv, a3)
+            col += tapstep
+            t += C
+    vstore_n(y, o, a0, m)
+    vstore_n(y, o + C, a1, m)
+    vstore_n(y, o + 2 * C, a2, m)
+    vstore_n(y, o + 3 * C, a3, m)
+
+
+@njit(cache=True, inline="always")
+def _dw_pixel(x, wt, y, o, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b):
+    """One output pixel, one vector of channels, checking each tap's column."""
+    a = b
+    for r in range(nr):
+        t = taps0[r] * C + c0
+        for kw in range(KW):
+            i_w = ow * sw - bw + kw * dw
+            if 0 <= i_w < W:
+                a = vfma(vload_n(x, rows[r] + i_w * C + c0, m), vload_n(wt, t + kw * C, m), a)
+    vstore_n(y, o, a, m)
+
+
+@njit(parallel=True, cache=True)
 def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
-    """Depthwise convolution, direct: ``y[.., c*M + m] = sum_tap x[.., c] * w[tap, c, m]``,
-    vectorised along channels; one thread per output row.  ``wt`` is the kernel as
-    contiguous (taps, C * M) rows."""
+    """Depthwise convolution with multiplier 1, direct with register tiles:
+    ``y[.., c] = bias[c] + sum_tap x[.., c] * wt[tap, c]``, then the activation.
+    One thread per output row; ``x``, ``wt`` (taps, C), ``y`` and ``bias`` contiguous.
+
+    A row is cut into chunks of pixels whose input columns stay in L1 while every
+    channel vector of the chunk is computed (with many channels, a whole row would
+    evict itself: pixels a multiple of 1 KiB apart share few cache sets)."""
+    N, D, H, W, C = x.shape
+    _, OD, OH, OW, _ = y.shape
+    KD, KH, KW = ksize
+    L = lanes(x)
+    sw, dw, bw = strides[2], dilation[2], before[2]
+    lo, hi = interior_columns(W, OW, KW, sw, dw, bw)
+    fast = KD == 1 and KH == 3 and KW == 3 and sw == 1 and dw == 1
+    chunk = max(_TILE, (4096 // (C * x.itemsize)) // _TILE * _TILE)
+    # per-row kernel-row tables, allocated once (an allocation per row costs ~0.1 us)
+    rows_all = np.empty((N * OD * OH, KD * KH), np.int64)
+    taps_all = np.empty((N * OD * OH, KD * KH), np.int64)
+    for row in prange(N * OD * OH):
+        n = row // (OD * OH)
+        od = (row // OH) % OD
+        oh = row % OH
+        rows = rows_all[row]
+        taps0 = taps_all[row]
+        nr = kernel_rows(n, od, oh, x.shape, ksize, strides, dilation, before, rows, taps0)
+        ybase = row * OW * C
+        for q0 in range(lo, hi, chunk):
+            q1 = min(hi, q0 + chunk)
+            if q1 - q0 < _TILE:  # a short last chunk joins the previous one's pixels
+                q0 = max(lo, q1 - _TILE)
+            for c0 in range(0, C, L):
+                m = min(L, C - c0)
+                b = vload_n(bias, c0, m) if has_bias else vzero(x)
+                ow = q0
+                if q1 - q0 < _TILE:  # fewer pixels than a tile: per pixel below
+                    pass
+                elif fast and nr == 3:
+                    k0 = vload_n(wt, c0, m)
+                    k1 = vload_n(wt, C + c0, m)
+                    k2 = vload_n(wt, 2 * C + c0, m)
+                    k3 = vload_n(wt, 3 * C + c0, m)
+                    k4 = vload_n(wt, 4 * C + c0, m)
+                    k5 = vload_n(wt, 5 * C + c0, m)
+                    k6 = vload_n(wt, 6 * C + c0, m)
+                    k7 = vload_n(wt, 7 * C + c0, m)
+                    k8 = vload_n(wt, 8 * C + c0, m)
+                    while ow < q1:
+                        # a last partial tile is moved back to end at q1: it recomputes a few
+                        # pixels (same values) instead of taking the slow per-pixel path
+                        ow = max(q0, min(ow, q1 - _TILE))
+                        if m == L:  # a constant mask: plain loads and stores once inlined
+                            _dw_tile_3x3(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1], rows[2],
+                                         C, L, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                        else:
+                            _dw_tile_3x3(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1], rows[2],
+                                         C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                        ow += _TILE
+                else:
+                    while ow < q1:
+                        ow = max(q0, min(ow, q1 - _TILE))
+                        if m == L:
+                            _dw_tile(x, wt, y, ybase + ow * C + c0, (ow * sw - bw) * C + c0, rows, taps0, nr, KW,
+                                     C, c0, L, sw * C, dw * C, b)
+                        else:
+                            _dw_tile(x, wt, y, ybase + ow * C + c0, (ow * sw - bw) * C + c0, rows, taps0, nr, KW,
+                                     C, c0, m, sw * C, dw * C, b)
+                        ow += _TILE
+                for ow in range(ow, q1):
+                    _dw_pixel(x, wt, y, ybase + ow * C + c0, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b)
+        for c0 in range(0, C, L):
+            m = min(L, C - c0)
+            b = vload_n(bias, c0, m) if has_bias else vzero(x)
+            for ow in range(lo):
+                _dw_pixel(x, wt, y, ybase + ow * C + c0, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b)
+            for ow in range(hi, OW):
+                _dw_pixel(x, wt, y, ybase + ow * C + c0, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b)
+        if code != 0:
+            epilogue(y[n, od, oh], bias, False, code)
+
+
+
+@njit(cache=True, inline="always")
+def _fc_tile_4x2(x, w2, y, o, xc, rows, taps0, nr, KW, C, F, f0, m, step, tapstep, b0, b1):
+    """Four output pixels x two vectors of output channels (the second masked to ``m``
+    lanes): every (tap, input channel) term broadcasts one input value per pixel and
+    multiplies two weight vectors."""
+    L = lanes(w2)
+    a0 = b0
+    a1 = b0
+    a2 = b0
+    a3 = b0
+    e0 = b1
+    e1 = b1
+    e2 = b1
+    e3 = b1
+    run = KW * C if tapstep == C else C  # as in _fc_tile_8x1
+    for r in range(nr):
+        for kw in range(0, KW, run // C):
+            i = rows[r] + xc + kw * tapstep
+            k = (taps0[r] + kw) * C * F + f0
+            for j in range(run):
+                w0 = vload(w2, k)
+                w1 = vload_n(w2, k + L, m)
+                s = vbroadcast(x, i)
+                a0 = vfma(s, w0, a0)
+                e0 = vfma(s, w1, e0)
+                s = vbroadcast(x, i + step)
+                a1 = vfma(s, w0, a1)
+                e1 = vfma(s, w1, e1)
+                s = vbroadcast(x, i + 2 * step)
+                a2 = vfma(s, w0, a2)
+                e2 = vfma(s, w1, e2)
+                s = vbroadcast(x, i + 3 * step)
+                a3 = vfma(s, w0, a3)
+                e3 = vfma(s, w1, e3)
+                k += F
+                i += 1
+    vstore(y, o, a0)
+    vstore_n(y, o + L, e0, m)
+    vstore(y, o + F, a1)
+    vstore_n(y, o + F + L, e1, m)
+    vstore(y, o + 2 * F, a2)
+    vstore_n(y, o + 2 * F + L, e2, m)
+    vstore(y, o + 3 * F, a3)
+    vstore_n(y, o + 3 * F + L, e3, m)
+
+
+@njit(cache=True, inline="always")
+def _fc_tile_8x1(x, w2, y, o, xc, rows, taps0, nr, KW, C, F, f0, m, step, tapstep, b):
+    """Eight output pixels x one vector of output channels (masked to ``m`` lanes)."""
+    a0 = b
+    a1 = b
+    a2 = b
+    a3 = b
+    a4 = b
+    a5 = b
+    a6 = b
+    a7 = b
+    # the (kw, c) terms of a kernel row: runs of C values, tapstep apart in the input
+    run = KW * C if tapstep == C else C
+    for r in range(nr):
+        for kw in range(0, KW, run // C):
+            i = rows[r] + xc + kw * tapstep
+            k = (taps0[r] + kw) * C * F + f0
+            for j in range(run):
+                wv = vload_n(w2, k, m)
+                a0 = vfma(vbroadcast(x, i), wv, a0)
+                a1 = vfma(vbroadcast(x, i + step), wv, a1)
+                a2 = vfma(vbroadcast(x, i + 2 * step), wv, a2)
+                a3 = vfma(vbroadcast(x, i + 3 * step), wv, a3)
+                a4 = vfma(vbroadcast(x, i + 4 * step), wv, a4)
+                a5 = vfma(vbroadcast(x, i + 5 * step), wv, a5)
+                a6 = vfma(vbroadcast(x, i + 6 * step), wv, a6)
+                a7 = vfma(vbroadcast(x, i + 7 * step), wv, a7)
+                k += F
+                i += 1
+    vstore_n(y, o, a0, m)
+    vstore_n(y, o + F, a1, m)
+    vstore_n(y, o + 2 * F, a2, m)
+    vstore_n(y, o + 3 * F, a3, m)
+    vstore_n(y, o + 4 * F, a4, m)
+    vstore_n(y, o + 5 * F, a5, m)
+    vstore_n(y, o + 6 * F, a6, m)
+    vstore_n(y, o + 7 * F, a7, m)
+
+
+@njit(cache=True, inline="always")
+def _fc_pixel(x, w2, y, o, ow, W, rows, taps0, nr, KW, C, F, f0, m, sw, dw, bw, b):
+    """One output pixel x one vector of output channels, checking each tap's column."""
+    a = b
+    for r in range(nr):
+        k = taps0[r] * C * F + f0
+        for kw in range(KW):
+            i_w = ow * sw - bw + kw * dw
+            if 0 <= i_w < W:
+                col = rows[r] + i_w * C
+                for c in range(C):
+                    a = vfma(vbroadcast(x, col + c), vload_n(w2, k + c * F, m), a)
+            k += C * F
+    vstore_n(y, o, a, m)
+
+
+@njit(parallel=True, cache=True)
+def few_channel_conv(x, w2, y, strides, dilation, before, ksize, bias, has_bias, code):
+    """Dense convolution of an input with few channels (an RGB stem, a volume), direct with
+    register tiles vectorised along the output channels: ``y[.., f] = bias[f] +
+    sum_(tap, c) x[.., c] * w2[tap * C + c, f]``, then the activation.  GEMM formulations
+    have K = taps * C too short to pay here.  One thread per output row; ``x``, ``w2``
+    (taps * C, F), ``y`` and ``bias`` contiguous."""
+    N, D, H, W, C = x.shape
+    _, OD, OH, OW, F = y.shape
+    KD, KH, KW = ksize
+    L = lanes(x)
+    sw, dw, bw = strides[2], dilation[2], before[2]
+    lo, hi = interior_columns(W, OW, KW, sw, dw, bw)
+    rows_all = np.empty((N * OD * OH, KD * KH), np.int64)
+    taps_all = np.empty((N * OD * OH, KD * KH), np.int64)
+    for row in prange(N * OD * OH):
+        n = row // (OD * OH)
+        od = (row // OH) % OD
+        oh = row % OH
+        rows = rows_all[row]
+        taps0 = taps_all[row]
+        nr = kernel_rows(n, od, oh, x.shape, ksize, strides, dilation, before, rows, taps0)
+        ybase = row * OW * F
+        # interior pixels: tiles of 4 (two vectors of channels) or 8 (one vector)
+        f0 = 0
+        while f0 < F:
+            wide = F - f0 > L
+            width = 2 * L if wide else L
+            tile = 4 if wide else 8
+            m = min(L, F - f0 - L) if wide else F - f0
+            b0 = vload(bias, f0) if wide and has_bias else (vload_n(bias, f0, m) if has_bias else vzero(x))
+            b1 = vload_n(bias, f0 + L, m) if wide and has_bias else vzero(x)
+            ow = lo
+            if hi - lo >= tile:
+                while ow < hi:
+                    ow = min(ow, hi - tile)  # the last tile overlaps its neighbour
+                    o = ybase + ow * F + f0
+                    xc = (ow * sw - bw) * C
+                    # the usual pixel pitches as constants: the tile then addresses its
+                    # pixels by displacement from one register (no spilled pointers)
+                    step = sw * C
+                    if wide:
+                        if step == 3:
+                            _fc_tile_4x2(x, w2, y, o, xc, rows, taps0, nr, KW, C, F, f0, m, 3, dw * C, b0, b1)
+                        elif step == 6:
+                            _fc_tile_4x2(x, w2, y, o, xc, rows, taps0, nr, KW, C, F, f0, m, 6, dw * C, b0, b1)
+                        elif step == 1:
+                            _fc_tile_4x2(x, w2, y, o, xc, rows, taps0, nr, KW, C, F, f0, m, 1, dw * C, b0, b1)
+                        else:
+                            _fc_tile_4x2(x, w2, y, o, xc, rows, taps0, nr, KW, C, F, f0, m, step, dw * C, b0, b1)
+                    else:
+                        if step == 1 and m == L:
+                            _fc_tile_8x1(x, w2, y, o, xc, rows, taps0, nr, KW, C, F, f0, L, 1, dw * C, b0)
+                        elif step == 1:
+                            _fc_tile_8x1(x, w2, y, o, xc, rows, taps0, nr, KW, C, F, f0, m, 1, dw * C, b0)
+                        elif step == 3:
+                            _fc_tile_8x1(x, w2, y, o, xc, rows, taps0, nr, KW, C, F, f0, m, 3, dw * C, b0)
+                        elif step == 6:
+                            _fc_tile_8x1(x, w2, y, o, xc, rows, taps0, nr, KW, C, F, f0, m, 6, dw * C, b0)
+                        else:
+                            _fc_tile_8x1(x, w2, y, o, xc, rows, taps0, nr, KW, C, F, f0, m, step, dw * C, b0)
+                    ow += tile
+            # fewer interior pixels than a tile, and the border: per pixel
+            for ow in range(OW):
+                if lo <= ow < hi and hi - lo >= tile:
+                    continue
+                for v in range(2 if wide else 1):
+                    fv = f0 + v * L
+                    mv = L if wide and v == 0 else m
+                    bv = b1 if v == 1 else b0
+                    _fc_pixel(x, w2, y, ybase + ow * F + fv, ow, W, rows, taps0, nr, KW, C, F, fv, mv,
+                              sw, dw, bw, bv)
+            f0 += width
+        if code != 0:
+            epilogue(y[n, od, oh], bias, False, code)
+
+
+@njit(parallel=True, cache=True, fastmath={"contract"})
+def depthwise_multiplier(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
+    """Depthwise convolution with a channel multiplier, direct:
+    ``y[.., c*M + m] = sum_tap x[.., c] * w[tap, c, m]``, vectorised along channels; one
+    thread per output row.  ``wt`` is the kernel as contiguous (taps, C * M) rows."""
     N, D, H, W, C = x.shape
     M = wt.shape[1] // C
     _, OD, OH, OW, CM = y.shape
     in_shape = (D, H, W)
-    fast3 = ksize[0] == 1 and ksize[1] == 3 and ksize[2] == 3 and M == 1
     zero = np.zeros(1, y.dtype)[0]
     for row in prange(N * OD * OH):
         n = row // (OD * OH)
         od = (row // OH) % OD
         oh = row % OH
         taps = np.empty((wt.shape[0], 4), np.int64)
-        i_d = od * strides[0] - before[0]
-        h0 = oh * strides[1] - before[1]
-        h2 = h0 + 2 * dilation[1]
         for ow in range(OW):
             dst = y[n, od, oh, ow]
-            w0 = ow * strides[2] - before[2]
-            w2 = w0 + 2 * dilation[2]
-            if fast3 and h0 >= 0 and h2 < H and w0 >= 0 and w2 < W:
-                # 3x3, multiplier 1, window inside the input: the nine taps summed in
-                # registers in one pass over the channels (measured 1.8x faster than
-                # accumulating tap by tap into the output).
-                h1, w1 = h0 + dilation[1], w0 + dilation[2]
-                a0, a1, a2 = x[n, i_d, h0, w0], x[n, i_d, h0, w1], x[n, i_d, h0, w2]
-                b0, b1, b2 = x[n, i_d, h1, w0], x[n, i_d, h1, w1], x[n, i_d, h1, w2]
-                c0, c1, c2 = x[n, i_d, h2, w0], x[n, i_d, h2, w1], x[n, i_d, h2, w2]
-                k0, k1, k2, k3, k4, k5, k6, k7, k8 = wt[0], wt[1], wt[2], wt[3], wt[4], wt[5], wt[6], wt[7], wt[8]
-                for c in range(C):
-                    dst[c] = (a0[c] * k0[c] + a1[c] * k1[c] + a2[c] * k2[c]
-                              + b0[c] * k3[c] + b1[c] * k4[c] + b2[c] * k5[c]
-                              + c0[c] * k6[c] + c1[c] * k7[c] + c2[c] * k8[c])
-                finish_pixel(dst, bias, has_bias, code, zero)
-                continue
             for j in range(CM):
                 dst[j] = 0
             for t in range(window_taps(od, oh, ow, in_shape, ksize, strides, dilation, before, taps)):

@@ -63,13 +63,18 @@ def _scratch(shape, dtype):
 
 
 # Below this much work (multiply-adds, or elements touched) one thread does the op:
-# waking the pool costs tens of microseconds per parallel loop, more than it saves.
+# waking the pool costs tens of microseconds per parallel loop (measured ~25 us for two
+# threads here), more than it saves.  The SIMD direct kernels do about 16 multiply-adds
+# per nanosecond on one thread, so they go parallel from a smaller amount of work
+# (~30 us of it).
 _PARALLEL_MIN_WORK = 1 << 22
+_DIRECT_PARALLEL_MIN_WORK = 1 << 19
 
 
-def _threads(work):
+def _threads(work, min_work=None):
     """Set Numba's thread count for an op doing ``work`` multiply-adds (or element reads)."""
-    n = get_num_threads() if work >= _PARALLEL_MIN_WORK else 1
+    min_work = _PARALLEL_MIN_WORK if min_work is None else min_work
+    n = get_num_threads() if work >= min_work else 1
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
@@ -202,12 +207,18 @@ def _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias,
 
 def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
     n = x.shape[0]
-    _threads(n * math.prod(out_shape) * w.size)
     cg, f = w.shape[3], w.shape[4]
     before = tuple(p[0] for p in pads)
     y = np.empty((n,) + tuple(out_shape) + (f,), x.dtype)
     y2 = y.reshape(-1, f)
     bias, has_bias, code = _fused(b, activation, x.dtype, f)
+    if groups == 1 and cg < _FEW_CHANNELS:
+        # few input channels (an RGB stem, a volume): direct SIMD kernel along F
+        _threads(n * math.prod(out_shape) * w.size, _DIRECT_PARALLEL_MIN_WORK)
+        K.few_channel_conv(np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(-1, f)), y, strides,
+                           dilation, before, w.shape[:3], np.ascontiguousarray(bias), has_bias, code)
+        return y
+    _threads(n * math.prod(out_shape) * w.size)
     fg = f // groups
     if groups > 1 and cg < _GROUP_GEMM_MIN:
         # Few channels per group: merge ``merge`` neighbouring groups into one dense
@@ -300,12 +311,18 @@ def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activatio
 
 
 def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
-    _threads(x.shape[0] * math.prod(out_shape) * w.size)
     cm = w.shape[3] * w.shape[4]
     y = np.empty((x.shape[0],) + tuple(out_shape) + (cm,), x.dtype)
     bias, has_bias, code = _fused(b, activation, x.dtype, cm)
-    K.depthwise(x, w.reshape(-1, cm), y, strides, dilation, tuple(p[0] for p in pads),
-                w.shape[:3], bias, has_bias, code)
+    before = tuple(p[0] for p in pads)
+    if w.shape[4] == 1:
+        # multiplier 1: register-tiled SIMD kernel (bias folded into the accumulators)
+        _threads(x.shape[0] * math.prod(out_shape) * w.size, _DIRECT_PARALLEL_MIN_WORK)
+        K.depthwise(np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(-1, cm)), y, strides, dilation,
+                    before, w.shape[:3], np.ascontiguousarray(bias), has_bias, code)
+        return y
+    _threads(x.shape[0] * math.prod(out_shape) * w.size)
+    K.depthwise_multiplier(x, w.reshape(-1, cm), y, strides, dilation, before, w.shape[:3], bias, has_bias, code)
     return y
 
 
