@@ -19,11 +19,11 @@ OPS = frozenset({"depthwise_conv", "global_max_pool", "global_avg_pool"})
 # Below this much work (multiply-adds, or elements read) one thread does the op:
 # starting the OpenMP team costs a few microseconds, more than small ops save.
 _PARALLEL_MIN_WORK = 1 << 15
-# Jobs per thread the depthwise kernel aims for (rows are split along W when an
-# image has too few rows x channel blocks), so that static scheduling balances.
-_JOBS_PER_THREAD = 4
-# Output columns per job are a multiple of this (the kernel's TW pixels per tile).
-_TILE_PIXELS = 4
+# With fewer (output rows x channel blocks) than this, depthwise rows are split along W
+# into segments of at least _SEGMENT_PIXELS output pixels (4 tiles of 8), so that a few
+# long rows still give every thread work.
+_MIN_ROW_JOBS = 16
+_SEGMENT_PIXELS = 32
 
 
 def _threads(work):
@@ -42,12 +42,13 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
     bias = np.zeros((m, c), x.dtype) if b is None else np.ascontiguousarray(b.reshape(c, m).T)
     fused = activation in _direct.ACTIVATIONS
     threads = _threads(y.size * taps)
-    # split rows along W only when rows x channel blocks leave threads idle
+    # Rows are split along W when an image has few rows x channel blocks (one image of a
+    # 1-D op): into segments of about _SEGMENT_PIXELS (set by the shapes alone, never by the
+    # thread count: a segment's ends decide which pixels go through the tile kernel, whose
+    # rounding may differ from the per-pixel loop's, and results must not depend on threads).
     ow = out_shape[2]
     row_jobs = n * out_shape[0] * out_shape[1] * -(-c // _direct.BLOCK_CHANNELS[x.itemsize])
-    nseg = min(-(-ow // _TILE_PIXELS), -(-_JOBS_PER_THREAD * threads // row_jobs)) if threads > 1 else 1
-    seg = -(-ow // max(1, nseg))
-    seg = -(-seg // _TILE_PIXELS) * _TILE_PIXELS
+    seg = ow if row_jobs >= _MIN_ROW_JOBS else max(_SEGMENT_PIXELS, -(-ow // -(-_MIN_ROW_JOBS // row_jobs)))
     _direct.depthwise(x, wt, bias, y, tuple(strides), tuple(dilation), tuple(p[0] for p in pads),
                       tuple(w.shape[:3]), _direct.ACTIVATIONS[activation if fused else None], seg, threads)
     if not fused:

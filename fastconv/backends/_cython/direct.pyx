@@ -2,64 +2,229 @@
 """Direct kernels of the Cython backend: depthwise convolution and global pooling.
 
 All arrays are the kernel contract's channels-last ones, C-contiguous, so the
-innermost loops run along contiguous channels and GCC vectorises them.  Work is
-split with OpenMP (``prange``) into jobs that write disjoint parts of the output,
-and every output element is computed by one thread in an order that does not
-depend on the split, so results are identical for any thread count.
+innermost loops run along contiguous channels.  Work is split with OpenMP
+(``prange``) into jobs that write disjoint parts of the output, and every output
+element is computed by one thread in an order that does not depend on the split,
+so results are identical for any thread count.
 
 Depthwise convolution (register tiling)
 ---------------------------------------
-A tile is ``TW`` neighbouring output pixels of one row times a block of ``CB``
-channels, its accumulators in a local ``TW x CB`` array that GCC keeps in
-vector registers.  Each kernel row's weights are loaded once per tile and used
-for all ``TW`` pixels.  Interior tiles, whose windows lie inside the input
-along W, run without bounds checks; for the common kernel widths (3 and 5, at
-stride 1 or 2, no dilation) they are compiled with the width and stride as
-constants, so the fully unrolled tile loads each input pixel once per kernel
-row however many taps use it.  The few border pixels at both ends of a row go
-one at a time through a loop that checks each tap; kernel rows outside the
-input along D and H are skipped whole.  Bias and the piecewise-linear
+A tile is ``P = 8`` neighbouring output pixels of one row times one vector of
+channels (64 bytes: 16 float32 or 8 float64), its 8 accumulators in vector
+registers.  For each kernel tap the tap's weight vector is loaded once and used
+for all 8 pixels.  Interior tiles (windows inside the input along W) run in small
+C micro-kernels written with GCC vector types: a generic one over a list of taps
+(any kernel size, stride, dilation), and for 3-wide kernel rows at stride 1 and 2
+(MobileNet's and EfficientNet's) ones that load each input vector once for all
+the taps that use it (10 loads instead of 24 per kernel row at stride 1).  They
+are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time
+(``target_clones``), as in ``conv.pyx``; auto-vectorised Cython loops were measured
+about 2x slower here (GCC kept a pointer per input stream and spilled them).
+Border pixels, the channels left over after whole vectors, and everything the
+micro-kernels do not cover go through a plain Cython loop over the taps inside
+the input (its channel loop is vectorised by GCC).  Bias and the piecewise-linear
 activations (relu, relu6, leaky_relu, hard_tanh, hard_sigmoid, hard_silu) are
-applied to the accumulators before the tile is stored (the epilogue); the
-driver applies the other activations afterwards.
+applied to each tile before it is stored (the epilogue); the driver applies the
+other activations afterwards.  Each pixel sums its taps in the same order on
+every path.
 """
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 
 ctypedef fused real:
     float
     double
 
-# The vector width the compiler targets (set by -march at build time).
+
+# ---------------------------------------------------------------- micro-kernels (C)
 cdef extern from *:
     """
-    #if defined(__AVX512F__)
-    #define FC_VEC_BYTES 64
-    #define FC_TILE_PIXELS 8
-    #elif defined(__AVX__)
-    #define FC_VEC_BYTES 32
-    #define FC_TILE_PIXELS 4
+    #include <stddef.h>
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #  define FC_DW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
     #else
-    #define FC_VEC_BYTES 16
-    #define FC_TILE_PIXELS 4
+    #  define FC_DW_CLONES
     #endif
-    """
-    const int VEC_BYTES "FC_VEC_BYTES"
-    const int TW "FC_TILE_PIXELS"
 
-# Tile sizes.  A channel block is two vector registers: CB = 2 * VEC_BYTES / itemsize
-# channels (32 float32 with AVX-512, 16 with AVX2).  A tile of TW pixels x CB channels
-# keeps 2 * TW accumulator registers: 16 of the 32 AVX-512 registers for TW = 8, 8 of
-# the 16 AVX2 ones for TW = 4, which leaves room for one kernel row's weights (2 * KW
-# registers for KW = 3) and the input vector being multiplied.  What a tile reads per
-# kernel row, (TW - 1) * stride + KW input pixels of CB channels, is about 1 KiB, far
-# inside the 32 KiB L1d; a job's KH input rows (W * CB channels each, ~43 KiB for
-# 3 x 112 x 32 float32) stay in the 512 KiB L2 for the job of the next output row.
-# TW_MAX and CB_MAX size the accumulator arrays for every target.
+    /* out[p * ldo .. + VL] (p < 8, VL = 64 / sizeof(T)) = act(bias + sum over taps of input
+       vector times weight vector).
+       taps:  tap t reads x + xoff[t] + p * ps for pixel p and w + woff[t].
+       k3s1:  nr kernel rows of 3 taps at stride 1: input column j of row r is at
+              x + xoff[r] + j * ps (ps = the channel count C), tap k's weights at
+              w + woff[r] + k * ws; column j is pixel j's tap 0, pixel j - 1's tap 1 and
+              pixel j - 2's tap 2, loaded once.
+       k3s2:  the same at stride 2: column 2q + 2 is pixel q's tap 2 and pixel q + 1's tap 0.
+       pix:   one pixel (any position): out[0 .. VL] from the nt taps listed.
+       Every pixel adds its taps in order (rows, then k), as the generic loop does. */
+    /* where mask m is set (all ones): b, else a (V the vector type, M its integer mask type) */
+    #define FC_DW_BLEND(V, M, a, b, m) ((V)(((M)(a) & ~(m)) | ((M)(b) & (m))))
+
+    #define FC_DW_KERNELS(T, I, SUF)                                                                \\
+    typedef T fc_dv_##SUF __attribute__((vector_size(64)));                                         \\
+    typedef T fc_dvu_##SUF __attribute__((vector_size(64), aligned(sizeof(T))));                    \\
+    typedef I fc_dm_##SUF __attribute__((vector_size(64)));                                         \\
+    /* dst = act(a + bias) for the fused codes (ACT_* below), computed as the plain Cython       \\
+       loop does; comparisons with NaN are false, so NaN passes through every activation. */       \\
+    static inline __attribute__((always_inline)) void fc_dw_finish_##SUF(const fc_dv_##SUF* acc,    \\
+            const T* bias, int act, T* dst) {                                                       \\
+        fc_dv_##SUF a = *acc;                                                                       \\
+        const fc_dv_##SUF zero = {0};                                                               \\
+        const fc_dv_##SUF one = zero + 1, three = zero + 3, six = zero + 6;                         \\
+        fc_dv_##SUF t;                                                                              \\
+        a += *(const fc_dvu_##SUF*)(bias);                                                          \\
+        switch (act) {                                                                              \\
+        case 1: a = FC_DW_BLEND(fc_dv_##SUF, fc_dm_##SUF, a, zero, a < zero); break;                                    \\
+        case 2: a = FC_DW_BLEND(fc_dv_##SUF, fc_dm_##SUF, a, zero, a < zero);                                           \\
+                a = FC_DW_BLEND(fc_dv_##SUF, fc_dm_##SUF, a, six, a > six); break;                                      \\
+        case 3: a = FC_DW_BLEND(fc_dv_##SUF, fc_dm_##SUF, a * (T)0.2, a, a >= zero); break;                             \\
+        case 4: a = FC_DW_BLEND(fc_dv_##SUF, fc_dm_##SUF, a, -one, a < -one);                                           \\
+                a = FC_DW_BLEND(fc_dv_##SUF, fc_dm_##SUF, a, one, a > one); break;                                      \\
+        case 5: case 6:                                                                             \\
+            t = a + three;                                                                          \\
+            t = FC_DW_BLEND(fc_dv_##SUF, fc_dm_##SUF, t, zero, t < zero);                                               \\
+            t = FC_DW_BLEND(fc_dv_##SUF, fc_dm_##SUF, t, six, t > six) / six;                                           \\
+            a = act == 5 ? t : a * t;                                                               \\
+            break;                                                                                  \\
+        }                                                                                           \\
+        *(fc_dvu_##SUF*)(dst) = a;                                                                  \\
+    }                                                                                               \\
+    static FC_DW_CLONES void fc_dw_taps_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,      \\
+            const ptrdiff_t* woff, ptrdiff_t nt, const T* w, const T* bias, int act, T* out,     \\
+            ptrdiff_t ldo) {                                                                        \\
+        fc_dv_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};\\
+        for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
+            const T* s = x + xoff[t];                                                               \\
+            fc_dv_##SUF wv = *(const fc_dvu_##SUF*)(w + woff[t]);                                   \\
+            a0 += *(const fc_dvu_##SUF*)(s) * wv;                                                   \\
+            a1 += *(const fc_dvu_##SUF*)(s + ps) * wv;                                              \\
+            a2 += *(const fc_dvu_##SUF*)(s + 2 * ps) * wv;                                          \\
+            a3 += *(const fc_dvu_##SUF*)(s + 3 * ps) * wv;                                          \\
+            a4 += *(const fc_dvu_##SUF*)(s + 4 * ps) * wv;                                          \\
+            a5 += *(const fc_dvu_##SUF*)(s + 5 * ps) * wv;                                          \\
+            a6 += *(const fc_dvu_##SUF*)(s + 6 * ps) * wv;                                          \\
+            a7 += *(const fc_dvu_##SUF*)(s + 7 * ps) * wv;                                          \\
+        }                                                                                           \\
+        fc_dw_finish_##SUF(&a0, bias, act, out); fc_dw_finish_##SUF(&a1, bias, act, out + ldo);       \\
+        fc_dw_finish_##SUF(&a2, bias, act, out + 2 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a3, bias, act, out + 3 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a4, bias, act, out + 4 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a5, bias, act, out + 5 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a6, bias, act, out + 6 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a7, bias, act, out + 7 * ldo);                                           \\
+    }                                                                                               \\
+    static FC_DW_CLONES void fc_dw_pix_##SUF(const T* x, const ptrdiff_t* xoff,                     \\
+            const ptrdiff_t* woff, ptrdiff_t nt, const T* w, const T* bias, int act, T* out) {      \\
+        fc_dv_##SUF a = {0};                                                                        \\
+        for (ptrdiff_t t = 0; t < nt; t++)                                                          \\
+            a += *(const fc_dvu_##SUF*)(x + xoff[t]) * *(const fc_dvu_##SUF*)(w + woff[t]);         \\
+        fc_dw_finish_##SUF(&a, bias, act, out);                                                     \\
+    }                                                                                               \\
+    static FC_DW_CLONES void fc_dw_k3s1_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,      \\
+            const ptrdiff_t* woff, ptrdiff_t nr, const T* w, ptrdiff_t ws, const T* bias, int act,\\
+            T* out, ptrdiff_t ldo) {                                                                \\
+        fc_dv_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};\\
+        fc_dv_##SUF v;                                                                              \\
+        for (ptrdiff_t r = 0; r < nr; r++) {                                                        \\
+            const T* s = x + xoff[r];                                                               \\
+            const T* k = w + woff[r];                                                               \\
+            fc_dv_##SUF w0 = *(const fc_dvu_##SUF*)(k), w1 = *(const fc_dvu_##SUF*)(k + ws);        \\
+            fc_dv_##SUF w2 = *(const fc_dvu_##SUF*)(k + 2 * ws);                                    \\
+            v = *(const fc_dvu_##SUF*)(s);          a0 += v * w0;                                   \\
+            v = *(const fc_dvu_##SUF*)(s + ps);     a0 += v * w1; a1 += v * w0;                     \\
+            v = *(const fc_dvu_##SUF*)(s + 2 * ps); a0 += v * w2; a1 += v * w1; a2 += v * w0;       \\
+            v = *(const fc_dvu_##SUF*)(s + 3 * ps); a1 += v * w2; a2 += v * w1; a3 += v * w0;       \\
+            v = *(const fc_dvu_##SUF*)(s + 4 * ps); a2 += v * w2; a3 += v * w1; a4 += v * w0;       \\
+            v = *(const fc_dvu_##SUF*)(s + 5 * ps); a3 += v * w2; a4 += v * w1; a5 += v * w0;       \\
+            v = *(const fc_dvu_##SUF*)(s + 6 * ps); a4 += v * w2; a5 += v * w1; a6 += v * w0;       \\
+            v = *(const fc_dvu_##SUF*)(s + 7 * ps); a5 += v * w2; a6 += v * w1; a7 += v * w0;       \\
+            v = *(const fc_dvu_##SUF*)(s + 8 * ps); a6 += v * w2; a7 += v * w1;                     \\
+            v = *(const fc_dvu_##SUF*)(s + 9 * ps); a7 += v * w2;                                   \\
+        }                                                                                           \\
+        fc_dw_finish_##SUF(&a0, bias, act, out); fc_dw_finish_##SUF(&a1, bias, act, out + ldo);       \\
+        fc_dw_finish_##SUF(&a2, bias, act, out + 2 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a3, bias, act, out + 3 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a4, bias, act, out + 4 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a5, bias, act, out + 5 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a6, bias, act, out + 6 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a7, bias, act, out + 7 * ldo);                                           \\
+    }                                                                                               \\
+    static FC_DW_CLONES void fc_dw_k3s2_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,      \\
+            const ptrdiff_t* woff, ptrdiff_t nr, const T* w, ptrdiff_t ws, const T* bias, int act,\\
+            T* out, ptrdiff_t ldo) {                                                                \\
+        fc_dv_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};\\
+        fc_dv_##SUF v;                                                                              \\
+        for (ptrdiff_t r = 0; r < nr; r++) {                                                        \\
+            const T* s = x + xoff[r];                                                               \\
+            const T* k = w + woff[r];                                                               \\
+            fc_dv_##SUF w0 = *(const fc_dvu_##SUF*)(k), w1 = *(const fc_dvu_##SUF*)(k + ws);        \\
+            fc_dv_##SUF w2 = *(const fc_dvu_##SUF*)(k + 2 * ws);                                    \\
+            v = *(const fc_dvu_##SUF*)(s);           a0 += v * w0;                                  \\
+            v = *(const fc_dvu_##SUF*)(s + ps);      a0 += v * w1;                                  \\
+            v = *(const fc_dvu_##SUF*)(s + 2 * ps);  a0 += v * w2; a1 += v * w0;                    \\
+            v = *(const fc_dvu_##SUF*)(s + 3 * ps);  a1 += v * w1;                                  \\
+            v = *(const fc_dvu_##SUF*)(s + 4 * ps);  a1 += v * w2; a2 += v * w0;                    \\
+            v = *(const fc_dvu_##SUF*)(s + 5 * ps);  a2 += v * w1;                                  \\
+            v = *(const fc_dvu_##SUF*)(s + 6 * ps);  a2 += v * w2; a3 += v * w0;                    \\
+            v = *(const fc_dvu_##SUF*)(s + 7 * ps);  a3 += v * w1;                                  \\
+            v = *(const fc_dvu_##SUF*)(s + 8 * ps);  a3 += v * w2; a4 += v * w0;                    \\
+            v = *(const fc_dvu_##SUF*)(s + 9 * ps);  a4 += v * w1;                                  \\
+            v = *(const fc_dvu_##SUF*)(s + 10 * ps); a4 += v * w2; a5 += v * w0;                    \\
+            v = *(const fc_dvu_##SUF*)(s + 11 * ps); a5 += v * w1;                                  \\
+            v = *(const fc_dvu_##SUF*)(s + 12 * ps); a5 += v * w2; a6 += v * w0;                    \\
+            v = *(const fc_dvu_##SUF*)(s + 13 * ps); a6 += v * w1;                                  \\
+            v = *(const fc_dvu_##SUF*)(s + 14 * ps); a6 += v * w2; a7 += v * w0;                    \\
+            v = *(const fc_dvu_##SUF*)(s + 15 * ps); a7 += v * w1;                                  \\
+            v = *(const fc_dvu_##SUF*)(s + 16 * ps); a7 += v * w2;                                  \\
+        }                                                                                           \\
+        fc_dw_finish_##SUF(&a0, bias, act, out); fc_dw_finish_##SUF(&a1, bias, act, out + ldo);       \\
+        fc_dw_finish_##SUF(&a2, bias, act, out + 2 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a3, bias, act, out + 3 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a4, bias, act, out + 4 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a5, bias, act, out + 5 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a6, bias, act, out + 6 * ldo);                                           \\
+        fc_dw_finish_##SUF(&a7, bias, act, out + 7 * ldo);                                           \\
+    }
+
+    FC_DW_KERNELS(float, int, f)
+    FC_DW_KERNELS(double, long long, d)
+    """
+    void fc_dw_taps_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                      Py_ssize_t nt, const float* w, const float* bias, int act, float* out,
+                      Py_ssize_t ldo) noexcept nogil
+    void fc_dw_taps_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                      Py_ssize_t nt, const double* w, const double* bias, int act, double* out,
+                      Py_ssize_t ldo) noexcept nogil
+    void fc_dw_pix_f(const float* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
+                     const float* w, const float* bias, int act, float* out) noexcept nogil
+    void fc_dw_pix_d(const double* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
+                     const double* w, const double* bias, int act, double* out) noexcept nogil
+    void fc_dw_k3s1_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff,
+                      const Py_ssize_t* woff, Py_ssize_t nr, const float* w, Py_ssize_t ws,
+                      const float* bias, int act, float* out, Py_ssize_t ldo) noexcept nogil
+    void fc_dw_k3s1_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff,
+                      const Py_ssize_t* woff, Py_ssize_t nr, const double* w, Py_ssize_t ws,
+                      const double* bias, int act, double* out, Py_ssize_t ldo) noexcept nogil
+    void fc_dw_k3s2_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff,
+                      const Py_ssize_t* woff, Py_ssize_t nr, const float* w, Py_ssize_t ws,
+                      const float* bias, int act, float* out, Py_ssize_t ldo) noexcept nogil
+    void fc_dw_k3s2_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff,
+                      const Py_ssize_t* woff, Py_ssize_t nr, const double* w, Py_ssize_t ws,
+                      const double* bias, int act, double* out, Py_ssize_t ldo) noexcept nogil
+
+
+# Tile sizes.  A tile is TW = 8 output pixels x one 64-byte vector of channels (VL = 16
+# float32 / 8 float64): 8 accumulator registers of the 32 AVX-512 ones (16 of the 16
+# AVX2 ones, half of them then kept in L1), plus one kernel row's 3 weight vectors and
+# the input vector.  What a tile reads per kernel row, (TW - 1) * stride + KW input
+# pixels of one vector, is about 1 KiB, far inside the 32 KiB L1d; a job (one output
+# row, one channel block) reads KH input rows of W vectors (~22 KiB for 3 x 112 x 16
+# float32) that stay in the 512 KiB L2 for the job of the next output row, which
+# reuses KH - 1 of them.
 cdef enum:
-    TW_MAX = 8
-    CB_MAX = 32
+    TW = 8
+    VEC_BYTES = 64
+    VL_MAX = 16
 
 # Activation codes fused in the epilogue (piecewise linear, so they vectorise).
 cdef enum:
@@ -74,8 +239,8 @@ cdef enum:
 ACTIVATIONS = {None: ACT_LINEAR, "relu": ACT_RELU, "relu6": ACT_RELU6, "leaky_relu": ACT_LEAKY_RELU,
                "hard_tanh": ACT_HARD_TANH, "hard_sigmoid": ACT_HARD_SIGMOID, "hard_silu": ACT_HARD_SILU}
 
-#: Channels per block for float32 and float64 (two vector registers).
-BLOCK_CHANNELS = {4: 2 * VEC_BYTES // 4, 8: 2 * VEC_BYTES // 8}
+#: Channels per block (one vector) for float32 and float64.
+BLOCK_CHANNELS = {4: VEC_BYTES // 4, 8: VEC_BYTES // 8}
 #: Output pixels per interior tile.
 TILE_PIXELS = TW
 
@@ -88,6 +253,8 @@ ctypedef struct Geometry:
     Py_ssize_t ow_lo, ow_hi
     # output columns per job, jobs per row along W, channel blocks per row
     Py_ssize_t seg, nseg, nblk
+    # micro-kernel: 0 generic taps, 1 three taps at stride 1, 2 three taps at stride 2
+    int kind
     int act
 
 
@@ -146,159 +313,13 @@ cdef inline void _store(real* yp, real* a, const real* bias, Py_ssize_t cn, Py_s
             yp[c * M] = a[c]
 
 
-# Compile-time tags.  The tile functions are fused over them, so each case is compiled
-# on its own with constants where the tag fixes them (trip counts GCC unrolls and
-# vectorises, addresses it can compare).
-ctypedef struct FullBlock:   # CB channels (two vectors)
-    char _
-ctypedef struct HalfBlock:   # CB / 2 channels (one vector)
-    char _
-ctypedef struct PartBlock:   # fewer channels, counted at run time
-    char _
-ctypedef fused chans:
-    FullBlock
-    HalfBlock
-    PartBlock
-
-ctypedef struct AnyKernel:   # kernel width, stride and dilation at run time
-    char _
-ctypedef struct K3S1:        # KW = 3, stride 1, dilation 1: neighbouring pixels share 2 inputs
-    char _
-ctypedef struct K3S2:        # KW = 3, stride 2, dilation 1: neighbouring pixels share 1 input
-    char _
-ctypedef fused kshape:
-    AnyKernel
-    K3S1
-    K3S2
-
-
-cdef inline Py_ssize_t _block(const real* like, chans* tag, Py_ssize_t cn) noexcept nogil:
-    """Channels in a block of this kind for data of type ``real`` (a constant for full and half
-    blocks)."""
-    if chans is FullBlock:
-        return 2 * VEC_BYTES // sizeof(real)
-    elif chans is HalfBlock:
-        return VEC_BYTES // sizeof(real)
-    else:
-        return cn
-
-
-cdef inline void _row_k3s1(real (*acc)[CB_MAX], const real* xr, const real* w0, Py_ssize_t C,
-                           Py_ssize_t ws, Py_ssize_t cn) noexcept nogil:
-    """One kernel row (3 taps, stride 1) of a tile: input column j feeds pixel j through tap 0,
-    pixel j - 1 through tap 1 and pixel j - 2 through tap 2, so each input vector is loaded
-    once for its three uses.  Each pixel still sums its taps in order 0, 1, 2 (the order of
-    the generic loop: the same results)."""
-    cdef Py_ssize_t j, c
-    cdef const real* w1 = w0 + ws
-    cdef const real* w2 = w0 + 2 * ws
-    cdef const real* xp
-    cdef real v
-    for c in range(cn):
-        acc[0][c] += xr[c] * w0[c]
-    xp = xr + C
-    for c in range(cn):
-        v = xp[c]
-        acc[0][c] += v * w1[c]
-        acc[1][c] += v * w0[c]
-    for j in range(2, TW):
-        xp = xr + j * C
-        for c in range(cn):
-            v = xp[c]
-            acc[j - 2][c] += v * w2[c]
-            acc[j - 1][c] += v * w1[c]
-            acc[j][c] += v * w0[c]
-    xp = xr + TW * C
-    for c in range(cn):
-        v = xp[c]
-        acc[TW - 2][c] += v * w2[c]
-        acc[TW - 1][c] += v * w1[c]
-    xp = xr + (TW + 1) * C
-    for c in range(cn):
-        acc[TW - 1][c] += xp[c] * w2[c]
-
-
-cdef inline void _row_k3s2(real (*acc)[CB_MAX], const real* xr, const real* w0, Py_ssize_t C,
-                           Py_ssize_t ws, Py_ssize_t cn) noexcept nogil:
-    """One kernel row (3 taps, stride 2) of a tile: pixel q reads input columns 2q, 2q + 1,
-    2q + 2, and column 2q + 2 is also pixel q + 1's tap 0, loaded once for both."""
-    cdef Py_ssize_t q, c
-    cdef const real* w1 = w0 + ws
-    cdef const real* w2 = w0 + 2 * ws
-    cdef const real* xp
-    cdef real v
-    for c in range(cn):
-        acc[0][c] += xr[c] * w0[c]
-        acc[0][c] += xr[C + c] * w1[c]
-    for q in range(1, TW):
-        xp = xr + 2 * q * C
-        for c in range(cn):
-            v = xp[c]
-            acc[q - 1][c] += v * w2[c]
-            acc[q][c] += v * w0[c]
-            acc[q][c] += xp[C + c] * w1[c]
-    xp = xr + 2 * TW * C
-    for c in range(cn):
-        acc[TW - 1][c] += xp[c] * w2[c]
-
-
-cdef inline void _dw_interior(const real* x, const real* wt, const real* bias, real* y,
-                              const Geometry* g, Py_ssize_t n, Py_ssize_t od, Py_ssize_t oh,
-                              Py_ssize_t ow, Py_ssize_t c0, Py_ssize_t m, Py_ssize_t cn_,
-                              chans* ctag, kshape* ktag) noexcept nogil:
-    """``TW`` interior output pixels ``ow ..`` of row (n, od, oh), channels ``c0 ..``, multiplier
-    ``m``: no bounds checks along W (the caller guarantees the windows are inside)."""
-    cdef real acc[TW_MAX][CB_MAX]
-    cdef Py_ssize_t p, c, kd, kh, kw, i_d, i_h, KW, sw, dw
-    cdef Py_ssize_t cn = _block(x, ctag, cn_)
-    cdef Py_ssize_t C = g.C, M = g.M
-    cdef const real* xrow
-    cdef const real* wrow
-    cdef const real* wv
-    cdef const real* xp
-    if kshape is K3S1:
-        KW, sw, dw = 3, 1, 1
-    elif kshape is K3S2:
-        KW, sw, dw = 3, 2, 1
-    else:
-        KW, sw, dw = g.KW, g.sw, g.dw
-    for p in range(TW):
-        for c in range(cn):
-            acc[p][c] = 0
-    for kd in range(g.KD):
-        i_d = od * g.sd - g.pd + kd * g.dd
-        if i_d < 0 or i_d >= g.D:
-            continue
-        for kh in range(g.KH):
-            i_h = oh * g.sh - g.ph + kh * g.dh
-            if i_h < 0 or i_h >= g.H:
-                continue
-            xrow = x + (((n * g.D + i_d) * g.H + i_h) * g.W + ow * sw - g.pw) * C + c0
-            wrow = wt + ((kd * g.KH + kh) * KW * M + m) * C + c0
-            if kshape is K3S1:
-                _row_k3s1(acc, xrow, wrow, C, M * C, cn)
-            elif kshape is K3S2:
-                _row_k3s2(acc, xrow, wrow, C, M * C, cn)
-            else:
-                for kw in range(KW):
-                    wv = wrow + kw * M * C
-                    for p in range(TW):
-                        xp = xrow + (p * sw + kw * dw) * C
-                        for c in range(cn):
-                            acc[p][c] += xp[c] * wv[c]
-    for p in range(TW):
-        _store(y + (((n * g.OD + od) * g.OH + oh) * g.OW + ow + p) * C * M + c0 * M + m,
-               acc[p], bias + m * C + c0, cn, M, g.act)
-
-
-cdef inline void _dw_border(const real* x, const real* wt, const real* bias, real* y,
-                            const Geometry* g, Py_ssize_t n, Py_ssize_t od, Py_ssize_t oh,
-                            Py_ssize_t ow, Py_ssize_t c0, Py_ssize_t m, Py_ssize_t cn_,
-                            chans* ctag) noexcept nogil:
-    """One output pixel, any position: taps outside the input are skipped."""
-    cdef real acc[CB_MAX]
+cdef inline void _dw_pixel(const real* x, const real* wt, const real* bias, real* y,
+                           const Geometry* g, Py_ssize_t n, Py_ssize_t od, Py_ssize_t oh,
+                           Py_ssize_t ow, Py_ssize_t c0, Py_ssize_t cn, Py_ssize_t m) noexcept nogil:
+    """One output pixel, any position, channels ``c0 .. c0 + cn - 1`` (cn <= VL_MAX),
+    multiplier ``m``: the taps inside the input, in order."""
+    cdef real acc[VL_MAX]
     cdef Py_ssize_t c, kd, kh, kw, i_d, i_h, iw
-    cdef Py_ssize_t cn = _block(x, ctag, cn_)
     cdef Py_ssize_t C = g.C, M = g.M
     cdef const real* xrow
     cdef const real* wrow
@@ -328,71 +349,149 @@ cdef inline void _dw_border(const real* x, const real* wt, const real* bias, rea
            acc, bias + m * C + c0, cn, M, g.act)
 
 
-cdef inline void _dw_segment(const real* x, const real* wt, const real* bias, real* y,
-                             const Geometry* g, Py_ssize_t n, Py_ssize_t od, Py_ssize_t oh,
-                             Py_ssize_t c0, Py_ssize_t cn, Py_ssize_t a, Py_ssize_t b,
-                             chans* ctag, kshape* ktag) noexcept nogil:
-    """Output columns [a, b) of one row and one channel block: interior pixels ``TW`` at a
-    time, the rest (border, and interior pixels left over) one by one."""
-    cdef Py_ssize_t m, ow, lo = min(max(g.ow_lo, a), b), hi = max(min(g.ow_hi, b), lo)
-    for m in range(g.M):
-        for ow in range(a, lo):
-            _dw_border(x, wt, bias, y, g, n, od, oh, ow, c0, m, cn, ctag)
-        ow = lo
-        while ow + TW <= hi:
-            _dw_interior(x, wt, bias, y, g, n, od, oh, ow, c0, m, cn, ctag, ktag)
-            ow += TW
-        if ow < hi and hi - lo >= TW:
-            # the interior pixels left over: one more tile ending at hi, overlapping the
-            # previous one (those pixels are recomputed in the same order: same values)
-            _dw_interior(x, wt, bias, y, g, n, od, oh, hi - TW, c0, m, cn, ctag, ktag)
-            ow = hi
-        while ow < b:
-            _dw_border(x, wt, bias, y, g, n, od, oh, ow, c0, m, cn, ctag)
-            ow += 1
+cdef inline void _dw_vpixel(const real* x, const real* wt, const real* bias, real* y,
+                            const Geometry* g, Py_ssize_t n, Py_ssize_t od, Py_ssize_t oh,
+                            Py_ssize_t ow, Py_ssize_t c0, Py_ssize_t m, Py_ssize_t* offs) noexcept nogil:
+    """One output pixel, any position, one whole vector of channels from ``c0``: the taps
+    inside the input are listed (in order) into ``offs`` for the one-pixel micro-kernel."""
+    cdef real out[VL_MAX]
+    cdef Py_ssize_t VL = VEC_BYTES // sizeof(real), C = g.C, M = g.M, ntaps = g.KD * g.KH * g.KW
+    cdef Py_ssize_t kd, kh, kw, i_d, i_h, iw, c, nt = 0
+    cdef Py_ssize_t* xoff = offs
+    cdef Py_ssize_t* woff = offs + ntaps
+    cdef real* yp = y + (((n * g.OD + od) * g.OH + oh) * g.OW + ow) * C * M + c0 * M + m
+    for kd in range(g.KD):
+        i_d = od * g.sd - g.pd + kd * g.dd
+        if i_d < 0 or i_d >= g.D:
+            continue
+        for kh in range(g.KH):
+            i_h = oh * g.sh - g.ph + kh * g.dh
+            if i_h < 0 or i_h >= g.H:
+                continue
+            for kw in range(g.KW):
+                iw = ow * g.sw - g.pw + kw * g.dw
+                if iw < 0 or iw >= g.W:
+                    continue
+                xoff[nt] = (((n * g.D + i_d) * g.H + i_h) * g.W + iw) * C
+                woff[nt] = ((kd * g.KH + kh) * g.KW + kw) * M * C
+                nt += 1
+    if real is float:
+        fc_dw_pix_f(x + c0, xoff, woff, nt, wt + m * C + c0, bias + m * C + c0, g.act,
+                    yp if M == 1 else out)
+    else:
+        fc_dw_pix_d(x + c0, xoff, woff, nt, wt + m * C + c0, bias + m * C + c0, g.act,
+                    yp if M == 1 else out)
+    if M > 1:
+        for c in range(VL):
+            yp[c * M] = out[c]
 
 
-cdef inline void _dw_job(const real* x, const real* wt, const real* bias, real* y,
-                         const Geometry* g, Py_ssize_t job, kshape* ktag) noexcept nogil:
-    """Job ``job``: (output row, column segment, channel block), channel blocks innermost
-    and rows outermost, so a thread's consecutive jobs share input rows in cache."""
-    cdef Py_ssize_t cb_full = 2 * VEC_BYTES // sizeof(real), cb_half = VEC_BYTES // sizeof(real)
-    cdef Py_ssize_t nfull = g.C // cb_full, rest = g.C % cb_full
+cdef inline void _dw_tile(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                          Py_ssize_t nt, const real* w, Py_ssize_t ws, const real* bias, int act,
+                          real* out, Py_ssize_t ldo, int kind) noexcept nogil:
+    """The micro-kernel of this kind and type."""
+    if real is float:
+        if kind == 1:
+            fc_dw_k3s1_f(x, ps, xoff, woff, nt, w, ws, bias, act, out, ldo)
+        elif kind == 2:
+            fc_dw_k3s2_f(x, ps, xoff, woff, nt, w, ws, bias, act, out, ldo)
+        else:
+            fc_dw_taps_f(x, ps, xoff, woff, nt, w, bias, act, out, ldo)
+    else:
+        if kind == 1:
+            fc_dw_k3s1_d(x, ps, xoff, woff, nt, w, ws, bias, act, out, ldo)
+        elif kind == 2:
+            fc_dw_k3s2_d(x, ps, xoff, woff, nt, w, ws, bias, act, out, ldo)
+        else:
+            fc_dw_taps_d(x, ps, xoff, woff, nt, w, bias, act, out, ldo)
+
+
+cdef void _dw_job(const real* x, const real* wt, const real* bias, real* y, const Geometry* g,
+                  Py_ssize_t job, Py_ssize_t* offs) noexcept nogil:
+    """Job ``job``: (output row, column segment, channel block), channel blocks innermost and
+    rows outermost, so a thread's consecutive jobs share input rows in cache.  ``offs`` has
+    room for four offsets per kernel tap (the row's tap list and a pixel's)."""
+    cdef real out[TW * VL_MAX]
+    cdef Py_ssize_t VL = VEC_BYTES // sizeof(real), C = g.C, M = g.M
     cdef Py_ssize_t blk = job % g.nblk, seg = (job // g.nblk) % g.nseg, row = job // (g.nblk * g.nseg)
     cdef Py_ssize_t n = row // (g.OD * g.OH), od = (row // g.OH) % g.OD, oh = row % g.OH
-    cdef Py_ssize_t a = seg * g.seg, b = min(a + g.seg, g.OW), c0
-    cdef FullBlock* full = NULL
-    cdef HalfBlock* half = NULL
-    cdef PartBlock* part = NULL
-    if blk < nfull:
-        _dw_segment(x, wt, bias, y, g, n, od, oh, blk * cb_full, cb_full, a, b, full, ktag)
+    cdef Py_ssize_t a = seg * g.seg, b = min(a + g.seg, g.OW)
+    cdef Py_ssize_t c0 = blk * VL, cn = min(VL, C - c0)
+    cdef Py_ssize_t lo = min(max(g.ow_lo, a), b), hi = max(min(g.ow_hi, b), lo)
+    cdef Py_ssize_t m, ow, p, c, kd, kh, kw, i_d, i_h, nt = 0, rowoff, tap
+    cdef Py_ssize_t* xoff = offs
+    cdef Py_ssize_t* woff = offs + g.KD * g.KH * g.KW
+    cdef Py_ssize_t* pixoffs = offs + 2 * g.KD * g.KH * g.KW
+    cdef real* yrow = y + ((n * g.OD + od) * g.OH + oh) * g.OW * C * M + c0 * M
+    if cn < VL:
+        # the channels left over after whole vectors
+        for m in range(M):
+            for ow in range(a, b):
+                _dw_pixel(x, wt, bias, y, g, n, od, oh, ow, c0, cn, m)
         return
-    c0 = nfull * cb_full
-    if rest >= cb_half:
-        if blk == nfull:
-            _dw_segment(x, wt, bias, y, g, n, od, oh, c0, cb_half, a, b, half, ktag)
-            return
-        c0 += cb_half
-        rest -= cb_half
-    _dw_segment(x, wt, bias, y, g, n, od, oh, c0, rest, a, b, part, ktag)
+    if hi - lo < TW:
+        # too few interior pixels for a tile (small images)
+        for m in range(M):
+            for ow in range(a, b):
+                _dw_vpixel(x, wt, bias, y, g, n, od, oh, ow, c0, m, pixoffs)
+        return
+    # the taps inside the input along D and H (the same for every tile of the row), as
+    # offsets from the tile's first input pixel and from the multiplier's weights
+    for kd in range(g.KD):
+        i_d = od * g.sd - g.pd + kd * g.dd
+        if i_d < 0 or i_d >= g.D:
+            continue
+        for kh in range(g.KH):
+            i_h = oh * g.sh - g.ph + kh * g.dh
+            if i_h < 0 or i_h >= g.H:
+                continue
+            rowoff = ((n * g.D + i_d) * g.H + i_h) * g.W * C - g.pw * C
+            tap = (kd * g.KH + kh) * g.KW
+            if g.kind:
+                # one entry per kernel row: the micro-kernel walks its 3 taps
+                xoff[nt] = rowoff
+                woff[nt] = tap * M * C
+                nt += 1
+            else:
+                for kw in range(g.KW):
+                    xoff[nt] = rowoff + kw * g.dw * C
+                    woff[nt] = (tap + kw) * M * C
+                    nt += 1
+    for m in range(M):
+        for ow in range(a, lo):
+            _dw_vpixel(x, wt, bias, y, g, n, od, oh, ow, c0, m, pixoffs)
+        ow = lo
+        while ow < hi:
+            if ow + TW > hi:
+                # the interior pixels left over: one more tile ending at hi, overlapping
+                # the previous one (its pixels are recomputed in the same order: same values)
+                ow = hi - TW
+            if M == 1:
+                # bias and activation in the micro-kernel, stored straight into y
+                _dw_tile(x + ow * g.sw * C + c0, C if g.kind else g.sw * C, xoff, woff, nt,
+                         wt + c0, C, bias + c0, g.act, yrow + ow * C, C, g.kind)
+            else:
+                # into a buffer, then to every M-th channel of y
+                _dw_tile(x + ow * g.sw * C + c0, C if g.kind else g.sw * C, xoff, woff, nt,
+                         wt + m * C + c0, M * C, bias + m * C + c0, g.act, out, VL, g.kind)
+                for p in range(TW):
+                    for c in range(VL):
+                        yrow[(ow + p) * C * M + c * M + m] = out[p * VL + c]
+            ow += TW
+        for ow in range(hi, b):
+            _dw_vpixel(x, wt, bias, y, g, n, od, oh, ow, c0, m, pixoffs)
 
 
-cdef void _depthwise(const real* x, const real* wt, const real* bias, real* y, Geometry* g,
+cdef void _depthwise(const real* x, const real* wt, const real* bias, real* y, const Geometry* g,
                      int num_threads) noexcept nogil:
-    cdef Py_ssize_t jobs = g.N * g.OD * g.OH * g.nseg * g.nblk, job
-    cdef AnyKernel* kany = NULL
-    cdef K3S1* k3s1 = NULL
-    cdef K3S2* k3s2 = NULL
-    cdef int kind = 0
-    if g.KW == 3 and g.dw == 1 and (g.sw == 1 or g.sw == 2):
-        kind = g.sw
-    for job in prange(jobs, schedule="static", num_threads=num_threads):
-        if kind == 1:
-            _dw_job(x, wt, bias, y, g, job, k3s1)
-        elif kind == 2:
-            _dw_job(x, wt, bias, y, g, job, k3s2)
-        else:
-            _dw_job(x, wt, bias, y, g, job, kany)
+    cdef Py_ssize_t jobs = g.N * g.OD * g.OH * g.nseg * g.nblk, job, ntaps = g.KD * g.KH * g.KW
+    cdef Py_ssize_t* offs = NULL
+    with nogil, parallel(num_threads=num_threads):
+        offs = <Py_ssize_t*>malloc(4 * ntaps * sizeof(Py_ssize_t))
+        if offs != NULL:
+            for job in prange(jobs, schedule="static"):
+                _dw_job(x, wt, bias, y, g, job, offs)
+            free(offs)
 
 
 def depthwise(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wt, const real[:, ::1] bias,
@@ -418,7 +517,7 @@ def depthwise(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wt, const rea
     num_threads : int
     """
     cdef Geometry g
-    cdef Py_ssize_t last, cb_full = 2 * VEC_BYTES // x.itemsize, cb_half = VEC_BYTES // x.itemsize
+    cdef Py_ssize_t last, vl = VEC_BYTES // x.itemsize
     g.N, g.D, g.H, g.W, g.C = x.shape[0], x.shape[1], x.shape[2], x.shape[3], x.shape[4]
     g.M = wt.shape[1]
     g.OD, g.OH, g.OW = y.shape[1], y.shape[2], y.shape[3]
@@ -427,6 +526,7 @@ def depthwise(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wt, const rea
     g.dd, g.dh, g.dw = dilation
     g.pd, g.ph, g.pw = before
     g.act = act
+    g.kind = g.sw if g.KW == 3 and g.dw == 1 and g.sw <= 2 else 0
     # interior columns: ow * sw - pw >= 0 and ow * sw - pw + (KW - 1) * dw <= W - 1
     g.ow_lo = min((g.pw + g.sw - 1) // g.sw, g.OW)
     last = g.W - 1 + g.pw - (g.KW - 1) * g.dw
@@ -434,11 +534,10 @@ def depthwise(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wt, const rea
     g.ow_hi = max(g.ow_hi, g.ow_lo)
     g.seg = max(1, seg)
     g.nseg = (g.OW + g.seg - 1) // g.seg
-    g.nblk = g.C // cb_full + (1 if g.C % cb_full >= cb_half else 0) + (1 if g.C % cb_half else 0)
+    g.nblk = (g.C + vl - 1) // vl
     if y.shape[0] == 0 or y.shape[1] == 0 or y.shape[2] == 0 or y.shape[3] == 0 or y.shape[4] == 0:
         return
-    with nogil:
-        _depthwise(&x[0, 0, 0, 0, 0], &wt[0, 0, 0], &bias[0, 0], &y[0, 0, 0, 0, 0], &g, num_threads)
+    _depthwise(&x[0, 0, 0, 0, 0], &wt[0, 0, 0], &bias[0, 0], &y[0, 0, 0, 0, 0], &g, num_threads)
 
 
 # ---------------------------------------------------------------- global pooling
@@ -451,6 +550,14 @@ def depthwise(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wt, const rea
 # 32 KiB) are read from L2 once and stay in L1d for the chunk's other channel blocks.
 cdef enum:
     GB = 64
+
+ctypedef struct FullBlock:   # GB channels
+    char _
+ctypedef struct PartBlock:   # fewer, counted at run time
+    char _
+ctypedef fused chans:
+    FullBlock
+    PartBlock
 
 ctypedef struct MaxPool:
     char _
