@@ -14,6 +14,12 @@ from conftest import assert_close
 from fastconv import activations
 from fastconv.backends import _cython_conv as C
 from fastconv.backends import reference as R
+from fastconv.backends._cython import conv as K
+
+# grouped layers whose vector blocks span several groups run the permuting direct kernel
+# where AVX-512 makes permutations cheap, else im2col GEMM (test_direct_grouped_forced
+# runs the kernel on any CPU)
+PERMUTING = "direct_grouped" if K.HAS_AVX512 else "im2col_gemm"
 
 
 def _out(x_shape, w_shape, strides, dilation, pads):
@@ -56,10 +62,29 @@ FORWARD = [
     ("conv3d", (2, 7, 8, 9, 8), (3, 2, 3, 8, 12), (2, 1, 1), (1, 1, 1), ((1, 1), (0, 1), P1), 1, "direct_tiled"),
     ("uneven-pads", (1, 1, 11, 13, 16), (1, 4, 2, 16, 8), (1, 3, 1), (1, 1, 1), (P0, (3, 0), (0, 2)), 1,
      "direct_tiled"),
-    ("grouped-wide", (2, 1, 14, 14, 64), (1, 3, 3, 16, 32), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 4, "im2col_gemm"),
-    ("grouped-tiny", (1, 1, 16, 16, 64), (1, 3, 3, 2, 64), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 32, "im2col_gemm"),
+    ("grouped-wide", (2, 1, 14, 14, 64), (1, 3, 3, 16, 32), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 4, PERMUTING),
+    ("grouped-tiny", (1, 1, 16, 16, 64), (1, 3, 3, 2, 64), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 32, PERMUTING),
+    # float32: a block spans 3 groups of 8 inputs, more than the 24 channels hold in vectors
+    # of 16, so GEMM; float64 (vectors of 8): direct_grouped
     ("grouped-strided", (1, 1, 15, 15, 24), (1, 3, 3, 8, 12), (1, 2, 2), (1, 1, 1), (P0, P1, P1), 3,
      "im2col_gemm"),
+    ("grouped-resnext", (1, 1, 13, 20, 128), (1, 3, 3, 4, 128), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 32,
+     PERMUTING),   # 3 taps sharing each permutation
+    ("grouped-resnext-s2", (1, 1, 13, 20, 128), (1, 3, 3, 4, 128), (1, 2, 2), (1, 1, 1), (P0, P1, P1), 32,
+     PERMUTING),   # one permutation per tap
+    ("grouped-two-vectors", (2, 1, 9, 17, 64), (1, 3, 3, 8, 32), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 8,
+     PERMUTING),   # float32 blocks span 4 groups of 8 inputs: two input vectors
+    ("grouped-mixed", (1, 1, 10, 19, 32), (1, 3, 3, 8, 96), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 4,
+     PERMUTING),   # 24 outputs per group: some blocks in one group, some across two
+    ("grouped-clamped", (1, 1, 11, 12, 16), (1, 3, 3, 2, 24), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 8,
+     PERMUTING),   # the last block's loads are moved back to end at the pixel's last channel
+    ("grouped-dilated-k5", (1, 1, 12, 23, 64), (1, 2, 5, 4, 64), (1, 1, 1), (1, 2, 2), (P0, (1, 1), (4, 4)),
+     16, PERMUTING),
+    ("grouped-3d", (2, 5, 6, 11, 32), (3, 3, 3, 2, 32), (1, 1, 1), (1, 1, 1), (P1, P1, P1), 16, PERMUTING),
+    ("grouped-one-group-blocks", (1, 1, 9, 14, 64), (1, 3, 3, 16, 128), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 4,
+     "direct_grouped"),   # 32 outputs per group: every block broadcasts, no permutation
+    ("grouped-gemm", (1, 1, 9, 10, 72), (1, 3, 3, 12, 18), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 6,
+     "im2col_gemm"),      # a block spans 6 groups of 12 inputs: more than two vectors
     ("stem-rgb", (1, 1, 64, 62, 3), (1, 3, 3, 3, 32), (1, 2, 2), (1, 1, 1), (P0, (0, 1), (0, 1)), 1,
      "direct_few_channels"),
     ("conv3d-c1", (2, 12, 11, 13, 1), (3, 3, 3, 1, 16), (1, 1, 1), (1, 1, 1), (P0, P0, P0), 1,
@@ -106,6 +131,51 @@ def test_every_fused_activation(name, engine):
     assert C.choose_algorithm(x.shape, w.shape, pads=(P0, P1, P1)) == ("im2col_gemm" if engine == "gemm"
                                                                       else "direct_tiled")
     assert_close(C.conv(x, w, b, *args, name), R.conv(x, w, b, *args, name), rtol=1e-11, atol=1e-12)
+
+
+GROUPED = [c for c in FORWARD if c[6] > 1 and c[0] != "1x1-grouped"]
+
+
+@pytest.mark.parametrize("case", GROUPED, ids=[c[0] for c in GROUPED])
+def test_direct_grouped_forced(case, dtype, monkeypatch):
+    # the grouped direct kernel on every grouped case it can run (on any CPU: without AVX-512
+    # the auto choice avoids it, not its correctness)
+    _, xs, ws, strides, dilation, pads, groups, _ = case
+    if C._blocks(xs[-1], ws[-1], groups, dtype) is None:
+        assert case[0] in ("grouped-gemm", "grouped-strided") and (case[0] == "grouped-gemm" or dtype == np.float32)
+        return
+    monkeypatch.setattr(C, "choose_algorithm", lambda *a, **k: "direct_grouped")
+    out = _out(xs, ws, strides, dilation, pads)
+    x, w, b = _arrays(xs, ws, dtype, seed=8)
+    y = C.conv(x, w, b, strides, dilation, pads, groups, out, "gelu")
+    assert_close(y, R.conv(x, w, b, strides, dilation, pads, groups, out, "gelu"), **_tol(dtype))
+
+
+def test_grouped_blocks():
+    # ResNeXt's 4 x 4 groups in float32: 4 groups per vector, each lane's input c is at
+    # 4 * (lane // 4) + c of the block's vector, which starts at the block's first group
+    blk, idx, ns = C._blocks(128, 128, 32, np.float32)
+    assert ns == 1 and blk[:, 0].tolist() == list(range(0, 128, 16)) and blk[:, 1].all() and not blk[:, 2].any()
+    np.testing.assert_array_equal(idx[3, 2], np.arange(16) // 4 * 4 + 2)
+    # one group per 64 channels: broadcasting 4-vector blocks, as with groups=1
+    blk, _, _ = C._blocks(128, 128, 2, np.float32)
+    assert blk[:, 0].tolist() == [0] * 4 + [64] * 4 and not blk[:, 1].any() and blk[:, 2].tolist() == [1] + [0] * 3 + [1] + [0] * 3
+    # "grouped-clamped", float64: the last block (groups 5..7, channels 10..15) loads x[8:16]
+    blk, idx, ns = C._blocks(16, 24, 8, np.float64)
+    assert ns == 1 and blk[2, 0] == 8
+    np.testing.assert_array_equal(idx[2, 1], np.arange(16, 24) // 3 * 2 + 1 - 8)
+
+
+def test_describe():
+    names = {"direct_tiled", "direct_grouped", "direct_few_channels", "gemm_1x1", "im2col_gemm", "fft"}
+    chosen = {c[-1] for c in FORWARD} | {"direct_grouped"}
+    assert chosen <= names
+    for name in names:
+        text = C.describe(name)
+        assert isinstance(text, str) and text and "\n" not in text
+    assert len({C.describe(n) for n in names}) == len(names)
+    with pytest.raises(KeyError):
+        C.describe("winograd")
 
 
 # (x (N, D, H, W, C), w (KD, KH, KW, F, C), strides, dilation, output padding per axis)
@@ -204,8 +274,12 @@ def test_transposed_thread_count_does_not_change_results(case):
     np.testing.assert_array_equal(results[0], results[1])
 
 
-@pytest.mark.parametrize("case", [FORWARD[1], FORWARD[9], FORWARD[4], FORWARD[17]],
-                         ids=["1x1", "im2col", "direct", "direct-few"])
+_BY_ID = {c[0]: c for c in FORWARD}
+
+
+@pytest.mark.parametrize("case", [_BY_ID[i] for i in ("1x1-wide", "3x3-deep", "3x3-same", "stem-rgb",
+                                                       "grouped-resnext")],
+                         ids=["1x1", "im2col", "direct", "direct-few", "direct-grouped"])
 def test_empty_batch(case):
     _, xs, ws, strides, dilation, pads, groups, _ = case
     x, w, b = _arrays((0,) + xs[1:], ws, np.float32)

@@ -11,13 +11,24 @@ kernels are in ``_cython/conv.pyx``):
   2-core Zen 4 machine it runs at ~110 GFLOP/s per core in isolation against
   ~80 for SciPy's OpenBLAS sgemm (which then also needs the patches packed), so
   it is preferred to the GEMM paths wherever it fits;
+* ``"direct_grouped"``: grouped convolutions whose weights fit likewise, by the same
+  direct engine (:func:`_blocks` describes its column blocks): a block of one vector
+  of output channels (16 floats / 8 doubles) lying in one group broadcasts that group's
+  inputs as above; a block spanning several groups (few output channels per group,
+  e.g. ResNeXt's 4) loads the one or two input vectors that hold all its groups'
+  inputs, in place, and permutes them so that each lane gets its own group's input
+  ``c`` (one AVX-512 ``vpermps`` per input vector and ``c``, shared by the 3 taps of a
+  kernel row that read the same column when the stride is 1), times the Keras
+  kernel's row ``(tap, c)``, which already holds every output channel's weight for its
+  own group's input ``c``; then every block runs this way, pixel tile by pixel tile.
+  Without AVX-512 (permutations emulated) such layers go to ``"im2col_gemm"``;
 * ``"direct_few_channels"``: the same direct kernel, 8 pixels x 16 channels per
   micro-tile, for inputs with few channels (RGB stems, 3-D volumes with one
   channel), where a GEMM would be too thin to pay;
 * ``"gemm_1x1"``: a 1x1, stride-1, unpadded convolution whose weights do not fit
   is a GEMM (SciPy's ``cython_blas``) straight on the channels-last buffer,
   (N * pixels, C) x (C, F), by row tiles;
-* ``"im2col_gemm"``: otherwise (and for every grouped convolution) the patches of
+* ``"im2col_gemm"``: otherwise (and for the other grouped convolutions) the patches of
   one tile of output pixels at a time are packed into a per-thread buffer
   (implicit im2col, never the whole matrix) and multiplied by the kernel through
   BLAS: in Keras's layout (KD, KH, KW, Cg, F) it already *is* the (K * Cg, F)
@@ -39,6 +50,7 @@ cache; activations outside ``ACT_CODES`` (none at present) would be applied to
 the whole output afterwards with :func:`fastconv.activations.apply`.
 """
 
+import functools
 import itertools
 import math
 import threading
@@ -156,7 +168,7 @@ def _direct_cost(x_shape, w_shape, out_shape, groups):
 
 
 def choose_algorithm(x_shape, w_shape, strides=(1, 1, 1), dilation=(1, 1, 1), groups=1, pads=None,
-                     out_shape=None):
+                     out_shape=None, dtype=None):
     """The algorithm the Cython backend uses for a convolution (kernel-contract shapes).
 
     Parameters
@@ -171,12 +183,15 @@ def choose_algorithm(x_shape, w_shape, strides=(1, 1, 1), dilation=(1, 1, 1), gr
         Zero padding; default none ("valid").
     out_shape : tuple of 3 int, optional
         Output sizes; default the "valid" output of ``pads``.
+    dtype : numpy dtype, optional
+        float32 (default) or float64: the direct kernels' vectors hold 16 or 8 channels,
+        which decides whether a grouped convolution's blocks fit ``"direct_grouped"``.
 
     Returns
     -------
     str
-        ``"direct_tiled"``, ``"direct_few_channels"``, ``"gemm_1x1"``, ``"im2col_gemm"``
-        or ``"fft"`` (see the module's docstring).
+        ``"direct_tiled"``, ``"direct_grouped"``, ``"direct_few_channels"``, ``"gemm_1x1"``,
+        ``"im2col_gemm"`` or ``"fft"`` (see the module's docstring and :func:`describe`).
 
     Notes
     -----
@@ -204,6 +219,9 @@ def choose_algorithm(x_shape, w_shape, strides=(1, 1, 1), dilation=(1, 1, 1), gr
     'gemm_1x1'
     >>> choose_algorithm((1, 1, 14, 14, 512), (1, 3, 3, 512, 512), pads=((0, 0), (1, 1), (1, 1)))
     'im2col_gemm'
+    >>> choose_algorithm((1, 1, 56, 56, 128), (1, 3, 3, 4, 128), groups=32,
+    ...                  pads=((0, 0), (1, 1), (1, 1))) in ("direct_grouped", "im2col_gemm")
+    True
     >>> choose_algorithm((1, 1, 224, 224, 3), (1, 3, 3, 3, 32), strides=(1, 2, 2))
     'direct_few_channels'
     >>> choose_algorithm((1, 1, 1, 16000, 1), (1, 1, 255, 1, 1), pads=((0, 0), (0, 0), (127, 127)))
@@ -217,7 +235,7 @@ def choose_algorithm(x_shape, w_shape, strides=(1, 1, 1), dilation=(1, 1, 1), gr
         out_shape = tuple(max(0, (i + lo + hi - k) // s + 1)
                           for i, (lo, hi), k, s in zip(x_shape[1:4], pads, keff, strides))
     cg, f = w_shape[3], w_shape[4]
-    fits = groups == 1 and _direct_fits(math.prod(ksize) * cg)
+    fits = _direct_fits(math.prod(ksize) * cg) and (groups == 1 or _grouped_ok(cg * groups, f, groups, dtype))
     if ksize == (1, 1, 1) and strides == (1, 1, 1) and not any(lo or hi for lo, hi in pads) \
             and tuple(out_shape) == tuple(x_shape[1:4]) and not fits:
         return "gemm_1x1"
@@ -228,8 +246,115 @@ def choose_algorithm(x_shape, w_shape, strides=(1, 1, 1), dilation=(1, 1, 1), gr
     if groups == 1 and cg < _FEW_CHANNELS:
         return "direct_few_channels"
     if fits:
-        return "direct_tiled"
+        return "direct_tiled" if groups == 1 else "direct_grouped"
     return "im2col_gemm"
+
+
+@functools.lru_cache(maxsize=256)
+def _blocks_cached(c, f, groups, dtype):
+    return _blocks(c, f, groups, dtype)
+
+
+def _blocks(c, f, groups, dtype):
+    """How the direct engine runs the output channels of a convolution, by vector blocks.
+
+    Returns
+    -------
+    (blk, idx, ns) or None
+        ``blk`` (Fp / VL, 3) intp rows (input channel where the block's inputs start;
+        kind 0 broadcast (one group) / 1 permute; starts a one-group 4-vector block), see
+        "Column blocks" in conv.pyx; ``idx`` (Fp / VL, Cg, VL) int32 (float32) or int64
+        (float64) index vectors of the permuting blocks into their ``ns`` consecutive
+        input vectors (see ``FC_GRP`` in conv.pyx).  As soon as one block spans several
+        groups, every block permutes (the engine then runs all blocks per pixel tile).
+        None if some block needs more than two input vectors, or the input has fewer
+        channels than the vectors read (a load must not run past a pixel's channels).
+    """
+    item = np.dtype(dtype or np.float32).itemsize
+    vl = _k.VECTOR_SIZE // item
+    cg, fg = c // groups, f // groups
+    nb = -(-f // vl)
+    blk = np.zeros((nb, 3), np.intp)
+    spans = []
+    for b in range(nb):
+        lanes = np.arange(b * vl, min((b + 1) * vl, f))
+        g = lanes // fg
+        if g[0] == g[-1]:
+            blk[b, :2] = g[0] * cg, 0
+        else:
+            blk[b, :2] = g[0] * cg, 1
+            spans.append((g[-1] + 1 - g[0]) * cg)
+    idx = np.zeros((nb, max(cg, 1), vl), np.int32 if item == 4 else np.int64)
+    ns = 1
+    if spans:
+        # the engine then runs every block with the permuting kernels (pixel tile by pixel
+        # tile, see conv.pyx): a one-group block's permutation broadcasts each input
+        blk[:, 1] = 1
+        spans.append(cg)
+        ns = 1 if max(spans) <= vl else 2
+        if max(spans) > 2 * vl or c < ns * vl:
+            return None
+        for b in range(nb):
+            lanes = np.arange(b * vl, (b + 1) * vl)
+            g = np.minimum(lanes, f - 1) // fg   # padded lanes read any valid channel
+            base = min(blk[b, 0], c - ns * vl)  # the ns vectors end inside the pixel
+            blk[b, 0] = base
+            idx[b] = g[None, :] * cg + np.arange(cg)[:, None] - base
+    for b in range(nb - 3):
+        blk[b, 2] = not blk[b:b + 4, 1].any() and (blk[b:b + 4, 0] == blk[b, 0]).all()
+    return blk, idx, ns
+
+
+def _grouped_ok(c, f, groups, dtype):
+    """Whether the direct engine runs this grouped convolution: every column block within
+    one group, or spanning groups whose inputs lie in at most two vectors (the
+    permutations need AVX-512 to pay)."""
+    blocks = _blocks_cached(c, f, groups, np.dtype(dtype or np.float32).str)
+    return blocks is not None and (_k.HAS_AVX512 or not blocks[0][:, 1].any())
+
+
+_DESCRIPTIONS = {
+    "direct_tiled": "direct register-tiled kernel (6 pixels x 64 channels, or 8 x 16, of accumulators), "
+                    "read straight from the channels-last input, no packing",
+    "direct_grouped": "direct grouped kernel: vectors of output channels spanning several groups, each "
+                      "lane's group inputs permuted into place from the input read in place",
+    "direct_few_channels": "direct kernel for few input channels (8 pixels x 16 channels per tile), "
+                           "where a GEMM would be too thin",
+    "gemm_1x1": "1x1 convolution as one GEMM (SciPy BLAS) on the channels-last input rows",
+    "im2col_gemm": "implicit im2col: patches of a tile of output pixels packed per thread, times the "
+                   "kernel through SciPy BLAS (one GEMM per group)",
+    "fft": "FFT convolution (SciPy real FFT over the spatial axes, in float64)",
+}
+
+
+def describe(name):
+    """A one-line description of an algorithm name :func:`choose_algorithm` returns.
+
+    Parameters
+    ----------
+    name : str
+        One of ``"direct_tiled"``, ``"direct_grouped"``, ``"direct_few_channels"``,
+        ``"gemm_1x1"``, ``"im2col_gemm"``, ``"fft"``.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    KeyError
+        For any other name.
+
+    Examples
+    --------
+    >>> describe("gemm_1x1")
+    '1x1 convolution as one GEMM (SciPy BLAS) on the channels-last input rows'
+    """
+    try:
+        return _DESCRIPTIONS[name]
+    except KeyError:
+        raise KeyError(f"unknown Cython convolution algorithm {name!r}; known: "
+                       f"{', '.join(sorted(_DESCRIPTIONS))}") from None
 
 
 def _direct_fits(rows):
@@ -272,13 +397,13 @@ def _gemm_tasks(jobs, n, c, f, groups, item):
     return np.array(tasks, np.intp).reshape(-1, 5), need
 
 
-def _direct_tasks(jobs, n, c, f):
+def _direct_tasks(jobs, n, cg, f):
     tasks = []
     for j, job in enumerate(jobs):
         rows = n * math.prod(job[0:3])
         if rows == 0:
             continue
-        per = max(16, _DIRECT_TASK_MACS // max(1, math.prod(job[12:15]) * c * f))
+        per = max(16, _DIRECT_TASK_MACS // max(1, math.prod(job[12:15]) * cg * f))
         for m0, mt in _split(rows, per, 16):
             tasks.append((j, m0, mt, 0, f))
     return np.array(tasks, np.intp).reshape(-1, 5)
@@ -299,13 +424,15 @@ def _run(engine, x, wmats, jobs, y, b, activation, groups, macs):
             wpad[o:o + w.shape[0], :f] = w
         for job, o in zip(jobs, offs):
             job[21] = int(o) * fp
-        tasks = _direct_tasks(jobs, n, c, f)
+        tasks = _direct_tasks(jobs, n, c // groups, f)
         kmax = max([math.prod(job[12:15]) for job in jobs] + [1])
         run_max = max(8, min(max(job[2] for job in jobs), _RUN_BYTES // (fp * x.itemsize)))
         scratch = _scratch(threads, run_max * fp, x.dtype)
         iscratch = _scratch(threads, 6 * kmax, np.intp, slot=1)
+        blk, idx, ns = _blocks_cached(c, f, groups, x.dtype.str)
         _k.direct_conv(x, wpad, y, np.array(jobs, np.intp).reshape(-1, _k.JOB_FIELDS), tasks, scratch,
-                       iscratch, bias, has_bias, code, threads)
+                       iscratch, bias, has_bias, code, threads, c // groups, blk, idx.reshape(-1).view(np.uint8),
+                       ns, bool(blk[:, 1].any()))
     else:
         if len(wmats) == 1:
             wbuf = wmats[0].reshape(-1)
@@ -333,7 +460,7 @@ def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
     n, c = x.shape[0], x.shape[-1]
     f = w.shape[-1]
     strides, dilation, out_shape = tuple(strides), tuple(dilation), tuple(out_shape)
-    algo = choose_algorithm(x.shape, w.shape, strides, dilation, groups, pads, out_shape)
+    algo = choose_algorithm(x.shape, w.shape, strides, dilation, groups, pads, out_shape, x.dtype)
     if algo == "fft":
         return _fft_conv(x, w, b, strides, dilation, pads, groups, out_shape, activation)
     y = np.empty((n,) + out_shape + (f,), x.dtype)

@@ -32,6 +32,7 @@ Bias and activation are applied to each task's output while it is in cache
 
 from cython.parallel cimport prange, threadid
 from libc.math cimport erfc, exp, expm1, fabs, log1p, sqrt, tanh
+from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
@@ -51,6 +52,7 @@ ctypedef fused real:
 cdef extern from *:
     """
     #include <stddef.h>
+    #include <stdint.h>
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
     #  define FC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
     #else
@@ -174,10 +176,111 @@ cdef extern from *:
     #define FC_BX4_ALL(T, SUF) \\
         FC_BX4(T, SUF, 1) FC_BX4(T, SUF, 2) FC_BX4(T, SUF, 3) FC_BX4(T, SUF, 4) FC_BX4(T, SUF, 5) FC_BX4(T, SUF, 6)
 
+    /* Grouped convolutions with fewer output channels per group than a vector holds: lane l of
+       the output vector is channel f = f0 + l, of group g(f), and needs input channel
+       g(f) * Cg + c for c < Cg.  Those inputs lie in the NS (1 or 2) vectors at x + xoff[t] + p * ps
+       (the driver places the block's base so that they do): they are loaded once per pixel and tap,
+       and each c's vector is one permutation of them by the index vector idx[c] (vpermps /
+       vpermt2ps on AVX-512), so the groups' inputs are read in place, never copied apart.
+       out[p * ldo + 0:VL] = sum_t sum_c perm_c(x[p * ps + xoff[t] ...]) * w[woff[t] + c * ldw + 0:VL],
+       p < P, the same sequence of operations per pixel for every P. */
+    #define FC_GRP(T, SUF, IT, P)                                                                   \
+    static FC_CLONES void fc_grp##P##_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,        \
+            const ptrdiff_t* woff, ptrdiff_t nt, ptrdiff_t Cg, int NS, const IT* idx, const T* w,   \
+            ptrdiff_t ldw, T* out, ptrdiff_t ldo) {                                                 \
+        typedef IT fc_m __attribute__((vector_size(64)));                                           \
+        typedef IT fc_mu __attribute__((vector_size(64), aligned(sizeof(IT))));                     \
+        const int VL = 64 / sizeof(T);                                                              \
+        fc_v_##SUF a[P];                                                                            \
+        for (int p = 0; p < P; p++) a[p] = (fc_v_##SUF){0};                                         \
+        if (NS == 1) {                                                                              \
+            for (ptrdiff_t t = 0; t < nt; t++) {                                                    \
+                const T* xs = x + xoff[t];                                                          \
+                const T* ws = w + woff[t];                                                          \
+                fc_v_##SUF xv[P];                                                                   \
+                for (int p = 0; p < P; p++) xv[p] = *(const fc_vu_##SUF*)(xs + p * ps);             \
+                for (ptrdiff_t c = 0; c < Cg; c++) {                                                \
+                    fc_m m = *(const fc_mu*)(idx + c * VL);                                           \
+                    fc_v_##SUF wv = *(const fc_vu_##SUF*)(ws + c * ldw);                            \
+                    for (int p = 0; p < P; p++) a[p] += __builtin_shuffle(xv[p], m) * wv;           \
+                }                                                                                   \
+            }                                                                                       \
+        } else {                                                                                    \
+            for (ptrdiff_t t = 0; t < nt; t++) {                                                    \
+                const T* xs = x + xoff[t];                                                          \
+                const T* ws = w + woff[t];                                                          \
+                fc_v_##SUF lo[P], hi[P];                                                            \
+                for (int p = 0; p < P; p++) {                                                       \
+                    lo[p] = *(const fc_vu_##SUF*)(xs + p * ps);                                     \
+                    hi[p] = *(const fc_vu_##SUF*)(xs + p * ps + VL);                                \
+                }                                                                                   \
+                for (ptrdiff_t c = 0; c < Cg; c++) {                                                \
+                    fc_m m = *(const fc_mu*)(idx + c * VL);                                           \
+                    fc_v_##SUF wv = *(const fc_vu_##SUF*)(ws + c * ldw);                            \
+                    for (int p = 0; p < P; p++) a[p] += __builtin_shuffle(lo[p], hi[p], m) * wv;    \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+        for (int p = 0; p < P; p++) *(fc_vu_##SUF*)(out + p * ldo) = a[p];                          \
+    }
+
+    /* The grouped micro-kernel for 3 taps along the row at stride 1 and dilation 1 (3x3 and
+       3x3x3 grouped layers): the P + 2 input columns of a kernel row are loaded once and each
+       permutation of a column serves the up to 3 pixels that read it (a zmm permutation costs
+       about two FMA slots on Zen 4: one per FMA, as in fc_grp*, halves the throughput).
+       Kernel row r: inputs at x + xoff[3 r] + j * ps, weights at w + woff[3 r] + (kw * Cg + c) * ldw. */
+    #define FC_GRPW3(T, SUF, IT, P)                                                                 \
+    static FC_CLONES void fc_grpw3_##P##_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,     \
+            const ptrdiff_t* woff, ptrdiff_t nrow, ptrdiff_t Cg, const IT* idx, const T* w,         \
+            ptrdiff_t ldw, T* out, ptrdiff_t ldo) {                                                 \
+        typedef IT fc_m __attribute__((vector_size(64)));                                           \
+        typedef IT fc_mu __attribute__((vector_size(64), aligned(sizeof(IT))));                     \
+        const int VL = 64 / sizeof(T);                                                              \
+        fc_v_##SUF a[P];                                                                            \
+        for (int p = 0; p < P; p++) a[p] = (fc_v_##SUF){0};                                         \
+        for (ptrdiff_t r = 0; r < nrow; r++) {                                                      \
+            const T* xs = x + xoff[3 * r];                                                          \
+            const T* ws = w + woff[3 * r];                                                          \
+            fc_v_##SUF xv[P + 2];                                                                   \
+            for (int j = 0; j < P + 2; j++) xv[j] = *(const fc_vu_##SUF*)(xs + j * ps);             \
+            for (ptrdiff_t c = 0; c < Cg; c++) {                                                    \
+                fc_m m = *(const fc_mu*)(idx + c * VL);                                             \
+                fc_v_##SUF w0 = *(const fc_vu_##SUF*)(ws + c * ldw);                                \
+                fc_v_##SUF w1 = *(const fc_vu_##SUF*)(ws + (Cg + c) * ldw);                         \
+                fc_v_##SUF w2 = *(const fc_vu_##SUF*)(ws + (2 * Cg + c) * ldw);                     \
+                for (int j = 0; j < P + 2; j++) {                                                   \
+                    fc_v_##SUF xp = __builtin_shuffle(xv[j], m);                                    \
+                    if (j < P) a[j] += xp * w0;                                                     \
+                    if (j >= 1 && j - 1 < P) a[j - 1] += xp * w1;                                   \
+                    if (j >= 2) a[j - 2] += xp * w2;                                                \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+        for (int p = 0; p < P; p++) *(fc_vu_##SUF*)(out + p * ldo) = a[p];                          \
+    }
+
     FC_KERNELS(float, f)
     FC_KERNELS(double, d)
     FC_BX4_ALL(float, f)
     FC_BX4_ALL(double, d)
+    FC_GRP(float, f, int32_t, 1)
+    FC_GRP(float, f, int32_t, 8)
+    FC_GRP(double, d, int64_t, 1)
+    FC_GRP(double, d, int64_t, 8)
+    FC_GRPW3(float, f, int32_t, 6)
+    FC_GRPW3(double, d, int64_t, 6)
+
+    /* Whether the CPU runs the x86-64-v4 clones (AVX-512 F/BW/DQ/VL): the grouped kernels'
+       permutations are single instructions there, and emulated lane by lane elsewhere. */
+    static int fc_has_avx512(void) {
+    #if defined(__GNUC__) && defined(__x86_64__)
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+            && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    #else
+        return 0;
+    #endif
+    }
 
     """
     void fc_bcast8_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
@@ -237,8 +340,29 @@ cdef extern from *:
     void fc_eltw1_d(const double* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
                     Py_ssize_t C, Py_ssize_t ldx, const double* w, Py_ssize_t ldw, double* out) noexcept nogil
 
+    void fc_grp1_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                   Py_ssize_t nt, Py_ssize_t Cg, int NS, const int32_t* idx, const float* w, Py_ssize_t ldw,
+                   float* out, Py_ssize_t ldo) noexcept nogil
+    void fc_grp8_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                   Py_ssize_t nt, Py_ssize_t Cg, int NS, const int32_t* idx, const float* w, Py_ssize_t ldw,
+                   float* out, Py_ssize_t ldo) noexcept nogil
+    void fc_grp1_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                   Py_ssize_t nt, Py_ssize_t Cg, int NS, const int64_t* idx, const double* w, Py_ssize_t ldw,
+                   double* out, Py_ssize_t ldo) noexcept nogil
+    void fc_grp8_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                   Py_ssize_t nt, Py_ssize_t Cg, int NS, const int64_t* idx, const double* w, Py_ssize_t ldw,
+                   double* out, Py_ssize_t ldo) noexcept nogil
+    void fc_grpw3_6_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                      Py_ssize_t nrow, Py_ssize_t Cg, const int32_t* idx, const float* w, Py_ssize_t ldw,
+                      float* out, Py_ssize_t ldo) noexcept nogil
+    void fc_grpw3_6_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                      Py_ssize_t nrow, Py_ssize_t Cg, const int64_t* idx, const double* w, Py_ssize_t ldw,
+                      double* out, Py_ssize_t ldo) noexcept nogil
+    int fc_has_avx512() noexcept nogil
+
 cdef enum:
     MICRO_P = 8          # pixels per direct micro-tile (FC_P above)
+    GRP_P = 6            # pixels per fc_grpw3 tile: measured faster than 4, 8, 10 or 12 here
     VECTOR_BYTES = 64    # bytes per micro-kernel vector
 
 #: Pixels per direct micro-tile and bytes per vector, for the driver's buffer sizes.
@@ -309,6 +433,37 @@ cdef inline void _eltw1(const real* x, const Py_ssize_t* xoff, const Py_ssize_t*
         fc_eltw1_f(x, xoff, woff, nt, C, ldx, w, ldw, out)
     else:
         fc_eltw1_d(x, xoff, woff, nt, C, ldx, w, ldw, out)
+
+
+cdef inline void _grp(int P, const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                      Py_ssize_t nt, Py_ssize_t Cg, int NS, const void* idx, const real* w, Py_ssize_t ldw,
+                      real* out, Py_ssize_t ldo) noexcept nogil:
+    """The grouped (permuting) micro-kernel on P = 8 or 1 pixels; ``idx`` holds Cg index
+    vectors of int32 (float) or int64 (double)."""
+    if real is float:
+        if P == 8:
+            fc_grp8_f(x, ps, xoff, woff, nt, Cg, NS, <const int32_t*>idx, w, ldw, out, ldo)
+        else:
+            fc_grp1_f(x, ps, xoff, woff, nt, Cg, NS, <const int32_t*>idx, w, ldw, out, ldo)
+    else:
+        if P == 8:
+            fc_grp8_d(x, ps, xoff, woff, nt, Cg, NS, <const int64_t*>idx, w, ldw, out, ldo)
+        else:
+            fc_grp1_d(x, ps, xoff, woff, nt, Cg, NS, <const int64_t*>idx, w, ldw, out, ldo)
+
+
+cdef inline void _grpw3(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                        Py_ssize_t nrow, Py_ssize_t Cg, const void* idx, const real* w, Py_ssize_t ldw,
+                        real* out, Py_ssize_t ldo) noexcept nogil:
+    """The grouped micro-kernel sharing permutations along a row of 3 taps, on GRP_P pixels."""
+    if real is float:
+        fc_grpw3_6_f(x, ps, xoff, woff, nrow, Cg, <const int32_t*>idx, w, ldw, out, ldo)
+    else:
+        fc_grpw3_6_d(x, ps, xoff, woff, nrow, Cg, <const int64_t*>idx, w, ldw, out, ldo)
+
+
+#: Whether the CPU has AVX-512 (the grouped micro-kernel's permutations are one instruction).
+HAS_AVX512 = bool(fc_has_avx512())
 
 
 # ---------------------------------------------------------------- BLAS
@@ -625,34 +780,52 @@ def gemm_conv(const real[:, :, :, :, ::1] x, const real[::1] wbuf, real[:, :, :,
                 _store(out, ldc, yp, F, &J, m0, mt, f0, f1, YD, YH, YW, bp, code)
 
 
-# ---------------------------------------------------------------- direct engine (few input channels)
+# ---------------------------------------------------------------- direct engine
+
+# Column blocks: the direct engine runs the output channels by blocks of one 64-byte vector
+# (VL channels); the driver describes block b by row b of ``blk``:
+#   0  the channel of the pixel where the block's inputs start (its group's first input
+#      channel; for a permuting block, where its NS vectors of inputs are loaded)
+#   1  0: the block's channels all belong to one group (every convolution with groups = 1):
+#      each input value is broadcast against a vector of weights;
+#      1: it spans several groups: the grouped micro-kernel permutes the input vectors
+#      (index vectors ``idx[b, c]``)
+#   2  1 if blocks b .. b + 3 form one 4-vector block of one group (the 6 x 4 micro-kernel)
 
 cdef inline void _single(const real* x, Py_ssize_t o, Py_ssize_t sw, Py_ssize_t pw, Py_ssize_t dw,
-                         Py_ssize_t W, Py_ssize_t C, Py_ssize_t KW, Py_ssize_t nrow, const Py_ssize_t* rowoff,
-                         const Py_ssize_t* rowtap, Py_ssize_t* xoff1, Py_ssize_t* woff1, const real* w,
-                         Py_ssize_t Fp, Py_ssize_t width, real* out, Py_ssize_t VL) noexcept nogil:
+                         Py_ssize_t W, Py_ssize_t C, Py_ssize_t Cg, Py_ssize_t KW, Py_ssize_t nrow,
+                         const Py_ssize_t* rowoff, const Py_ssize_t* rowtap, Py_ssize_t* xoff1,
+                         Py_ssize_t* woff1, const real* w, Py_ssize_t Fp, Py_ssize_t width, real* out,
+                         Py_ssize_t VL, Py_ssize_t kind, int NS, const void* idx) noexcept nogil:
     """One output pixel (near a border: its own list of taps inside the input), ``width``
-    output channels from ``w``'s first column into ``out``."""
+    output channels from ``w``'s first column into ``out`` (``x`` points at the block's
+    first input channel)."""
     cdef Py_ssize_t r, kw, i_w, v, nt1 = 0
     for r in range(nrow):
         for kw in range(KW):
             i_w = o * sw - pw + kw * dw
             if i_w >= 0 and i_w < W:
                 xoff1[nt1] = rowoff[r] + i_w * C
-                woff1[nt1] = (rowtap[r] + kw) * C * Fp
+                woff1[nt1] = (rowtap[r] + kw) * Cg * Fp
                 nt1 = nt1 + 1
+    if kind == 1:
+        _grp(1, x, 0, xoff1, woff1, nt1, Cg, NS, idx, w, Fp, out, 0)
+        return
     for v in range(width // VL):
-        _bcast1(x, xoff1, woff1, nt1, C, w + v * VL, Fp, out + v * VL)
+        _bcast1(x, xoff1, woff1, nt1, Cg, w + v * VL, Fp, out + v * VL)
 
 
-cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, const Job* J,
-                       const real* w, Py_ssize_t Fp, real* y, Py_ssize_t F, Py_ssize_t YD, Py_ssize_t YH,
-                       Py_ssize_t YW, Py_ssize_t m0, Py_ssize_t mt, real* obuf, Py_ssize_t run_max,
-                       Py_ssize_t* ibuf, const real* bias, int code, Py_ssize_t VL) noexcept nogil:
+cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                       Py_ssize_t Cg, const Job* J, const real* w, Py_ssize_t Fp, real* y, Py_ssize_t F,
+                       Py_ssize_t YD, Py_ssize_t YH, Py_ssize_t YW, Py_ssize_t m0, Py_ssize_t mt, real* obuf,
+                       Py_ssize_t run_max, Py_ssize_t* ibuf, const Py_ssize_t* blk, int NS,
+                       const unsigned char* idx, bint tile_outer, const real* bias, int code,
+                       Py_ssize_t VL) noexcept nogil:
     """Output pixels m0 .. m0 + mt of a job, direct, by runs of pixels along an output row.
 
     For each block of output channels (4 vectors with the 6-pixel x 4-vector micro-kernel,
-    else 1 vector with the 8-pixel one), blocks of pixels whose windows lie inside the input
+    else 1 vector with the 8-pixel one, broadcasting or, for blocks spanning several groups,
+    permuting), blocks of pixels whose windows lie inside the input
     row run over all taps at once (4 vectors: the last block is shorter; 1 vector: a block
     that would overrun the inside part is moved back to end there, recomputing a few
     pixels identically); pixels whose window crosses the
@@ -667,7 +840,11 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
     cdef Py_ssize_t* rowtap = ibuf + 5 * K
     cdef Py_ssize_t m = m0, end = m0 + mt, run, t, n, od, oh, ow, kd, kh, kw, i_d, i_h
     cdef Py_ssize_t nrow, nt, r, jj, o, fc, P, q, width, e, sw = J.s[2], pw = J.p[2], dw = J.d[2], ypix
-    cdef Py_ssize_t ow_lo, ow_hi
+    cdef Py_ssize_t ow_lo, ow_hi, b, kind
+    # grouped tiles share each permuted input column between the 3 taps of a kernel row
+    cdef bint slide = tile_outer and KW == 3 and sw == 1 and dw == 1 and NS == 1
+    cdef const real* xb
+    cdef const void* ib
     # output columns whose whole window row is inside the input: [ow_lo, ow_hi)
     ow_lo = 0 if pw <= 0 else (pw + sw - 1) // sw
     if W - 1 + pw - (KW - 1) * dw < 0:
@@ -704,12 +881,42 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
         for r in range(nrow):
             for kw in range(KW):
                 xoff[nt] = rowoff[r] + kw * dw * C
-                woff[nt] = (rowtap[r] + kw) * C * Fp
+                woff[nt] = (rowtap[r] + kw) * Cg * Fp
                 nt = nt + 1
         e = ow_hi if ow_hi < ow + run else ow + run   # end of the inside pixels of this run
-        fc = 0
+        if tile_outer:
+            # Grouped layers (every block permuting): each pixel tile runs through every block
+            # before the next tile, so that the tile's inputs (its pixels' whole channel rows)
+            # come from L1 for every block; block by block, a vector block would sweep the row's
+            # pixels at a stride of C channels, through a few L1 sets only, and miss.
+            P = GRP_P if slide else MICRO_P
+            jj = 0
+            while jj < run:
+                o = ow + jj
+                if o >= ow_lo and o < e and e - ow_lo >= P and e - ow >= P:
+                    if o + P > e:
+                        o = e - P   # move the tile back to end at the last inside pixel
+                    for b in range(Fp // VL):
+                        xb = x + blk[3 * b] + (o * sw - pw) * C
+                        if slide:
+                            _grpw3(xb, C, xoff, woff, nrow, Cg, idx + b * Cg * 64, w + b * VL, Fp,
+                                   obuf + (o - ow) * Fp + b * VL, Fp)
+                        else:
+                            _grp(8, xb, sw * C, xoff, woff, nt, Cg, NS, idx + b * Cg * 64, w + b * VL, Fp,
+                                 obuf + (o - ow) * Fp + b * VL, Fp)
+                    jj = o + P - ow
+                else:
+                    for b in range(Fp // VL):
+                        _single(x + blk[3 * b], o, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, xoff1, woff1,
+                                w + b * VL, Fp, VL, obuf + jj * Fp + b * VL, VL, 1, NS, idx + b * Cg * 64)
+                    jj = jj + 1
+        fc = Fp if tile_outer else 0
         while fc < Fp:
-            if Fp - fc >= 4 * VL:
+            b = fc // VL
+            xb = x + blk[3 * b]
+            kind = blk[3 * b + 1]
+            ib = idx + b * Cg * 64
+            if blk[3 * b + 2]:
                 width = 4 * VL
                 P = 6
             else:
@@ -721,18 +928,22 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
                 if P == 6 and o >= ow_lo and o < e:
                     # 4 vectors: blocks of 6 pixels, the last one shorter
                     q = e - o if e - o < 6 else 6
-                    _bcastx4(<int>q, x + (o * sw - pw) * C, sw * C, xoff, woff, nt, C, w + fc, Fp,
+                    _bcastx4(<int>q, xb + (o * sw - pw) * C, sw * C, xoff, woff, nt, Cg, w + fc, Fp,
                              obuf + jj * Fp + fc, Fp)
                     jj = jj + q
                 elif P != 6 and o >= ow_lo and o < e and e - ow_lo >= P and e - ow >= P:
                     if o + P > e:
                         o = e - P   # move the block back to end at the last inside pixel
-                    _bcast8(x + (o * sw - pw) * C, sw * C, xoff, woff, nt, C, w + fc, Fp,
-                            obuf + (o - ow) * Fp + fc, Fp)
+                    if kind == 1:
+                        _grp(8, xb + (o * sw - pw) * C, sw * C, xoff, woff, nt, Cg, NS, ib, w + fc, Fp,
+                             obuf + (o - ow) * Fp + fc, Fp)
+                    else:
+                        _bcast8(xb + (o * sw - pw) * C, sw * C, xoff, woff, nt, Cg, w + fc, Fp,
+                                obuf + (o - ow) * Fp + fc, Fp)
                     jj = o + P - ow
                 else:
-                    _single(x, o, sw, pw, dw, W, C, KW, nrow, rowoff, rowtap, xoff1, woff1, w + fc, Fp,
-                            width, obuf + jj * Fp + fc, VL)
+                    _single(xb, o, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, xoff1, woff1, w + fc, Fp,
+                            width, obuf + jj * Fp + fc, VL, kind, NS, ib)
                     jj = jj + 1
             fc = fc + width
         if J.inplace:
@@ -747,11 +958,15 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
 
 def direct_conv(const real[:, :, :, :, ::1] x, const real[:, ::1] wpad, real[:, :, :, :, ::1] y,
                 const Py_ssize_t[:, ::1] jobs, const Py_ssize_t[:, ::1] tasks, real[:, ::1] scratch,
-                Py_ssize_t[:, ::1] iscratch, const real[::1] bias, bint has_bias, int code, int num_threads):
-    """Run direct tasks (groups = 1): ``wpad`` is the jobs' weight matrices, each (K * C, Fp)
+                Py_ssize_t[:, ::1] iscratch, const real[::1] bias, bint has_bias, int code, int num_threads,
+                Py_ssize_t Cg, const Py_ssize_t[:, ::1] blk, const unsigned char[::1] idx, int NS,
+                bint tile_outer):
+    """Run direct tasks: ``wpad`` is the jobs' weight matrices, each (K * Cg, Fp)
     with the output channels zero-padded to ``Fp``, a whole number of 64-byte vectors;
-    ``scratch`` rows hold a run of outputs per thread (``run_max = len // Fp`` pixels),
-    ``iscratch`` rows 6 * K tap offsets."""
+    ``blk`` (Fp / VL, 3) describes the column blocks (see above), ``idx`` (bytes of an
+    int32 (float) or int64 (double) array (Fp / VL, Cg, VL)) the permuting blocks' index
+    vectors into their ``NS`` input vectors; ``scratch`` rows hold a run of outputs per thread
+    (``run_max = len // Fp`` pixels), ``iscratch`` rows 6 * K tap offsets."""
     cdef Py_ssize_t D = x.shape[1], H = x.shape[2], W = x.shape[3], C = x.shape[4]
     cdef Py_ssize_t YD = y.shape[1], YH = y.shape[2], YW = y.shape[3], F = y.shape[4]
     cdef Py_ssize_t Fp = wpad.shape[1], VL = VECTOR_BYTES // sizeof(real), i, tid
@@ -768,8 +983,9 @@ def direct_conv(const real[:, :, :, :, ::1] x, const real[:, ::1] wpad, real[:, 
             if J.mode == 2:
                 _direct_zero(&y[0, 0, 0, 0, 0], F, &J, tasks[i, 1], tasks[i, 2], YD, YH, YW, &scratch[tid, 0], bp, code)
                 continue
-            _direct_task(&x[0, 0, 0, 0, 0], D, H, W, C, &J, wp + J.woff, Fp, &y[0, 0, 0, 0, 0], F, YD, YH, YW,
-                         tasks[i, 1], tasks[i, 2], &scratch[tid, 0], run_max, &iscratch[tid, 0], bp, code, VL)
+            _direct_task(&x[0, 0, 0, 0, 0], D, H, W, C, Cg, &J, wp + J.woff, Fp, &y[0, 0, 0, 0, 0], F, YD, YH, YW,
+                         tasks[i, 1], tasks[i, 2], &scratch[tid, 0], run_max, &iscratch[tid, 0], &blk[0, 0], NS,
+                         &idx[0], tile_outer, bp, code, VL)
 
 
 cdef void _direct_zero(real* y, Py_ssize_t F, const Job* J, Py_ssize_t m0, Py_ssize_t mt,
