@@ -87,12 +87,31 @@ def test_few_channel_direct(nb, monkeypatch, c, strides, f, padding, dtype):
 def test_grouped_gemm_and_direct(dtype):
     _check(fastconv.conv2d, _rand(1, 7, 8, 32), _rand(3, 3, 16, 8), _rand(8), dtype=dtype, groups=2,
            padding="same", activation="relu")
-    # 8 groups of 4 channels: merged 4 at a time into block-diagonal dense convolutions
+    # 8 groups of 4 input channels and 2 or 1 outputs each (not square, so not the rotation
+    # kernel): merged 4 at a time into block-diagonal dense convolutions
     _check(fastconv.conv2d, _rand(1, 7, 8, 32), _rand(3, 3, 4, 16), dtype=dtype, groups=8, strides=2)
     _check(fastconv.conv2d, _rand(2, 9, 8, 32), _rand(3, 3, 4, 8), _rand(8), dtype=dtype, groups=8,
            padding="same", activation="relu")
     # 3 groups of 4 can't be merged by 4: the direct kernel
     _check(fastconv.conv2d, _rand(1, 7, 8, 12), _rand(3, 3, 4, 6), dtype=dtype, groups=3, padding="same")
+    # groups of 1 input and 1 output channel (a depthwise convolution as a grouped one)
+    _check(fastconv.conv2d, _rand(1, 7, 8, 6), _rand(3, 3, 1, 6), _rand(6), dtype=dtype, groups=6, padding="same")
+
+
+@pytest.mark.parametrize("g", [2, 4, 8])
+@pytest.mark.parametrize("kw", [dict(padding="same"), dict(padding="valid", strides=(1, 2)),
+                                dict(padding="same", dilation_rate=(2, 3)), dict(padding=((2, 0), (3, 1)))])
+def test_grouped_rotation_kernel(nb, monkeypatch, g, kw, dtype):
+    # square groups of 2, 4, 8 channels: the rotation kernel; 9 groups of 4 = 36 channels
+    # (a masked tail vector), rows narrower than a tile, windows wholly in the padding
+    monkeypatch.setattr(nb, "_DIRECT_PARALLEL_MIN_WORK", 0)
+    c = 9 * g
+    _check(fastconv.conv2d, _rand(2, 7, 13, c), _rand(3, 3, g, c), _rand(c), dtype=dtype, groups=9,
+           activation="elu", **kw)
+    _check(fastconv.conv2d, _rand(1, 5, 6, c), _rand(2, 4, g, c), dtype=dtype, groups=9, **kw)
+    _check(fastconv.conv1d, _rand(2, 17, 2 * g), _rand(3, g, 2 * g), dtype=dtype, groups=2, padding="causal")
+    _check(fastconv.conv3d, _rand(1, 4, 5, 9, 4 * g), _rand(2, 3, 3, g, 4 * g), _rand(4 * g), dtype=dtype,
+           groups=4, padding="same")
 
 
 @pytest.mark.parametrize("kw", [dict(padding="same"), dict(padding="valid", strides=2),

@@ -12,7 +12,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from ._blas import gemm
-from ._numba_simd import lanes, vbroadcast, vfma, vload, vload_n, vstore, vstore_n, vzero
+from ._numba_simd import lanes, vbroadcast, vfma, vload, vload_n, vrot_groups, vstore, vstore_n, vzero
 
 # Activation codes: the elementwise Keras activations the kernels fuse.
 ACT_CODES = {None: 0, "relu": 1, "relu6": 2, "leaky_relu": 3, "elu": 4, "selu": 5, "celu": 6,
@@ -643,6 +643,129 @@ def few_channel_conv(x, w2, y, strides, dilation, before, ksize, bias, has_bias,
             f0 += width
         if code != 0:
             epilogue(y[n, od, oh], bias, False, code)
+
+
+@njit(cache=True, inline="always")
+def _rot(v, G):
+    """``vrot_groups`` for a group size known once inlined (2, 4 or 8)."""
+    if G == 2:
+        return vrot_groups(v, 2)
+    if G == 4:
+        return vrot_groups(v, 4)
+    return vrot_groups(v, 8)
+
+
+@njit(cache=True, inline="always")
+def _gc_tile(x, wr, y, o, col0, rows, taps0, nr, KW, C, G, c0, m, step, tapstep, b):
+    """Four output pixels x one vector of channels of a grouped convolution with G input
+    and G output channels per group (see :func:`grouped_rot`)."""
+    a0 = b
+    a1 = b
+    a2 = b
+    a3 = b
+    for r in range(nr):
+        col = rows[r] + col0
+        k = taps0[r] * G * C + c0
+        for kw in range(KW):
+            v0 = vload_n(x, col, m)
+            v1 = vload_n(x, col + step, m)
+            v2 = vload_n(x, col + 2 * step, m)
+            v3 = vload_n(x, col + 3 * step, m)
+            for s in range(G):
+                ws = vload_n(wr, k, m)
+                a0 = vfma(v0, ws, a0)
+                a1 = vfma(v1, ws, a1)
+                a2 = vfma(v2, ws, a2)
+                a3 = vfma(v3, ws, a3)
+                v0 = _rot(v0, G)
+                v1 = _rot(v1, G)
+                v2 = _rot(v2, G)
+                v3 = _rot(v3, G)
+                k += C
+            col += tapstep
+    vstore_n(y, o, a0, m)
+    vstore_n(y, o + C, a1, m)
+    vstore_n(y, o + 2 * C, a2, m)
+    vstore_n(y, o + 3 * C, a3, m)
+
+
+@njit(cache=True, inline="always")
+def _gc_pixel(x, wr, y, o, ow, W, rows, taps0, nr, KW, C, G, c0, m, sw, dw, bw, b):
+    """One output pixel of :func:`grouped_rot`, checking each tap's column."""
+    a = b
+    for r in range(nr):
+        for kw in range(KW):
+            i_w = ow * sw - bw + kw * dw
+            if 0 <= i_w < W:
+                v = vload_n(x, rows[r] + i_w * C + c0, m)
+                k = (taps0[r] + kw) * G * C + c0
+                for s in range(G):
+                    a = vfma(v, vload_n(wr, k, m), a)
+                    v = _rot(v, G)
+                    k += C
+    vstore_n(y, o, a, m)
+
+
+@njit(cache=True, inline="always")
+def _grouped_rot_row(x, wr, y, row, G, strides, dilation, before, ksize, bias, has_bias, rows, taps0):
+    N, D, H, W, C = x.shape
+    _, OD, OH, OW, _ = y.shape
+    KD, KH, KW = ksize
+    L = lanes(x)
+    sw, dw, bw = strides[2], dilation[2], before[2]
+    lo, hi = interior_columns(W, OW, KW, sw, dw, bw)
+    n = row // (OD * OH)
+    od = (row // OH) % OD
+    oh = row % OH
+    nr = kernel_rows(n, od, oh, x.shape, ksize, strides, dilation, before, rows, taps0)
+    ybase = row * OW * C
+    for c0 in range(0, C, L):
+        m = min(L, C - c0)
+        b = vload_n(bias, c0, m) if has_bias else vzero(x)
+        ow = lo
+        if hi - lo >= _TILE:
+            while ow < hi:
+                ow = min(ow, hi - _TILE)  # the last tile overlaps its neighbour
+                _gc_tile(x, wr, y, ybase + ow * C + c0, (ow * sw - bw) * C + c0, rows, taps0, nr, KW, C, G, c0,
+                         m, sw * C, dw * C, b)
+                ow += _TILE
+        for ow in range(OW):
+            if hi - lo >= _TILE and lo <= ow < hi:
+                continue
+            _gc_pixel(x, wr, y, ybase + ow * C + c0, ow, W, rows, taps0, nr, KW, C, G, c0, m, sw, dw, bw, b)
+
+
+@njit(parallel=True, cache=True)
+def grouped_rot(x, wr, y, G, strides, dilation, before, ksize, bias, has_bias, code):
+    """Grouped convolution with G = 2, 4 or 8 input and output channels per group, direct
+    with register tiles, vectorised along channels (input channel i and output channel i
+    belong to the same group, so a vector of the input lines up with the output).
+
+    Output channel ``f = g * G + o`` is ``sum_j x[g * G + j] * w[j, f]``; rotating the
+    input vector by ``s`` lanes within each group brings input ``j = (o + s) % G`` to
+    lane ``f``, so the sum is G multiply-adds of rotated vectors with the weights
+    ``wr[tap, s, f] = w[tap, (f % G + s) % G, f]`` (prepared by the caller): no
+    block-diagonal zeros, no gathers.  ``x``, ``wr`` (taps, G, C), ``y``, ``bias``
+    contiguous; one thread per output row."""
+    N, D, H, W, C = x.shape
+    _, OD, OH, OW, _ = y.shape
+    KD, KH, KW = ksize
+    rows_all = np.empty((N * OD * OH, KD * KH), np.int64)
+    taps_all = np.empty((N * OD * OH, KD * KH), np.int64)
+    for row in prange(N * OD * OH):
+        # the group size as a constant in each copy: rotations unroll to one shuffle each
+        if G == 4:
+            _grouped_rot_row(x, wr, y, row, 4, strides, dilation, before, ksize, bias, has_bias,
+                             rows_all[row], taps_all[row])
+        elif G == 2:
+            _grouped_rot_row(x, wr, y, row, 2, strides, dilation, before, ksize, bias, has_bias,
+                             rows_all[row], taps_all[row])
+        else:
+            _grouped_rot_row(x, wr, y, row, 8, strides, dilation, before, ksize, bias, has_bias,
+                             rows_all[row], taps_all[row])
+        if code != 0:
+            n = row // (OD * OH)
+            epilogue(y[n, (row // OH) % OD, row % OH], bias, False, code)
 
 
 @njit(parallel=True, cache=True, fastmath={"contract"})

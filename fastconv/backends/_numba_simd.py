@@ -207,3 +207,21 @@ def vbroadcast(typingctx, arr, idx):
         one = builder.insert_element(ir.Constant(vty, None), v, ir.Constant(i32, 0))
         return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(i32, vt.lanes), [0] * vt.lanes))
     return vt(arr, idx), codegen
+
+
+@intrinsic
+def vrot_groups(typingctx, v, group):
+    """Rotate the lanes of ``v`` by one within each run of ``group`` lanes:
+    lane ``g * group + o`` takes lane ``g * group + (o + 1) % group``.  ``group`` must be
+    a compile-time constant dividing the lane count (one in-register shuffle)."""
+    if not isinstance(v, Vec) or not isinstance(group, types.IntegerLiteral):
+        return None
+    g = group.literal_value
+    if g < 1 or v.lanes % g:
+        raise TypeError(f"vrot_groups: group {g} must divide {v.lanes} lanes")
+    mask = [(k // g) * g + (k % g + 1) % g for k in range(v.lanes)]
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        return builder.shuffle_vector(args[0], args[0], ir.Constant(ir.VectorType(i32, v.lanes), mask))
+    return v(v, group), codegen
