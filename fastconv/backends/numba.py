@@ -9,11 +9,19 @@ How each op is computed (chosen by measurement on this 2-core machine, see READM
   pack L2-sized tiles of patches (implicit im2col, never the whole matrix) and
   multiply each tile, packing transposed when there are few input channels;
 * grouped convolutions: per group as above when groups have >= 16 channels;
-  else neighbouring groups are merged into block-diagonal dense convolutions;
+  square groups of 2, 4 or 8 channels in a direct SIMD kernel on rotated input
+  vectors; groups of one channel as a depthwise convolution; else neighbouring
+  groups are merged into block-diagonal dense convolutions;
+* convolutions with < 8 input channels (RGB stems, volumes): a direct SIMD
+  kernel vectorised along the output channels (GEMM's K would be too short);
 * transposed convolutions: one stride-1 convolution per output phase, written
   into its strided slice of the output (no zero insertion, no scatter-add);
-* depthwise (with a 3x3 fast path), pooling, global pooling: direct loops, one
-  thread per output row, vectorised along channels.
+* depthwise (register-tiled SIMD kernel, with a 3x3 tile sharing input loads),
+  pooling, global pooling: direct loops, one thread per output row, vectorised
+  along channels.
+
+The direct SIMD kernels use explicit machine vectors (``_numba_simd``): LLVM's
+loop vectoriser leaves 32-channel loops scalar and keeps no register tiles.
 
 Every op uses one thread pool: Numba's threads split the rows, and each calls
 BLAS on one thread for its own tile (see ``_blas``), with bias and activation
