@@ -289,6 +289,13 @@ def test_engine_elementwise_helpers():
     assert CU.reshape(da, (6, 20)).shape == (6, 20)
     np.testing.assert_array_equal(da.copy_to_host(), a)  # inputs untouched
     np.testing.assert_array_equal(CU.to_host(CU.to_device(a)), a)
+    # the reshaping layers' helpers: zero padding, cropping, nearest upsampling
+    widths = [(0, 0), (1, 2), (0, 1), (0, 0)]
+    np.testing.assert_array_equal(CU.pad(da, widths).copy_to_host(), np.pad(a, widths))
+    np.testing.assert_array_equal(CU.crop(da, (slice(None), slice(1, 3), slice(0, 2))).copy_to_host(),
+                                  a[:, 1:3, 0:2])
+    for axis in (1, 2, 3):
+        np.testing.assert_array_equal(CU.repeat(da, 3, axis).copy_to_host(), np.repeat(a, 3, axis))
 
 
 # ----------------------------------------------------------------------------- models
@@ -315,3 +322,55 @@ def test_model_predict_matches_keras(name):
     for a, b in zip(got, want):
         assert isinstance(a, np.ndarray) and a.dtype == np.float32
         assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_like", "tcn_1d", "residual_two_io", "misc_layers"])
+def test_model_stays_on_the_device(name, monkeypatch):
+    """One copy in per input and one copy out per output: every layer of these models runs
+    on the device (misc_layers' few host-only layers are counted as round trips), and the
+    weights are copied to the device once, on the first predict."""
+    z = np.load(os.path.join(_MODELS, f"{name}.npz"))
+    xkeys = sorted(k for k in z.files if k.startswith("x_"))
+    model = fastconv.load_model(os.path.join(_MODELS, f"{name}.keras"))
+    feeds = [z[k][:1] for k in xkeys]
+    x = feeds[0] if len(feeds) == 1 else ({k[2:]: f for k, f in zip(xkeys, feeds)}
+                                          if not all(k[2:].isdigit() for k in xkeys) else feeds)
+    first = model.predict(x, backend="cuda")
+    copies = {"in": 0, "out": 0}
+    to_device, to_host = CU.cuda.to_device, CU.to_host
+
+    def counted_in(a, *args, **kw):
+        copies["in"] += 1
+        return to_device(a, *args, **kw)
+
+    def counted_out(a):
+        copies["out"] += int(CU.is_device_array(a))
+        return to_host(a)
+
+    monkeypatch.setattr(CU.cuda, "to_device", counted_in)
+    monkeypatch.setattr(CU, "to_host", counted_out)
+    stats = {}
+    g = model._graph
+    with model._device_weights("cuda"):
+        ins = {l.name: CU.to_device(np.asarray(f, np.float32)) for l, f in zip(g.input_layers, feeds)} \
+            if isinstance(x, list) or not isinstance(x, dict) else None
+        if ins is None:
+            ins = {l.name: CU.to_device(np.asarray(x[l.name], np.float32)) for l in g.input_layers}
+        from fastconv.models.model import _flatten
+        g.run(ins, _flatten(g.outputs_struct), "cuda", stats=stats)
+    trips = stats.get("host_round_trips", 0)
+    if name == "misc_layers":
+        # its exotic layers (Permute, LayerNormalization, PReLU...) run on host copies; small
+        # constants they use (a Rescaling's scale...) are copied per call
+        assert trips > 0 and copies["out"] == trips and copies["in"] >= len(feeds) + trips
+    else:
+        assert trips == 0 and copies == {"in": len(feeds), "out": 0}, (copies, stats)
+    copies.update(out=0, **{"in": 0})
+    again = model.predict(x, backend="cuda")
+    def arrays(r):
+        return [r] if isinstance(r, np.ndarray) else [r[k] for k in sorted(r)] if isinstance(r, dict) else list(r)
+    assert copies["out"] == len(arrays(again)) + trips
+    if name != "misc_layers":
+        assert copies["in"] == len(feeds)
+    for a, b in zip(arrays(first), arrays(again)):
+        np.testing.assert_array_equal(a, b)

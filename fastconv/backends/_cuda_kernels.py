@@ -237,6 +237,13 @@ def elementwise(dtype_name):
             dst[i0, i1, i2, i3, i4] = src[i0, i1, i2, i3, i4]
 
     @cuda.jit
+    def fill(y, value):
+        # y[...] = value for a contiguous 1-D view
+        start, step = cuda.grid(1), cuda.gridsize(1)
+        for e in range(start, y.size, step):
+            y[e] = value
+
+    @cuda.jit
     def bias_act(x, b, has_bias, code, y):
         # y[r, c] = activate(x[r, c] + b[c]) on (rows, channels) views; y may be x.
         C = x.shape[1]
@@ -297,7 +304,7 @@ def elementwise(dtype_name):
                 for j in range(L):
                     y[r, j] = math.exp(x[r, j] - m) / s
 
-    return dict(depthwise=depthwise, pool=pool, copy5=copy5, bias_act=bias_act,
+    return dict(depthwise=depthwise, pool=pool, copy5=copy5, fill=fill, bias_act=bias_act,
                 affine_act=affine_act, binary=binary, softmax_rows=softmax_rows)
 
 

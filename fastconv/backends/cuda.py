@@ -46,6 +46,8 @@ engine's elementwise layers do on NumPy arrays, so that a whole model can
 run on the device with one copy in and one copy out.
 """
 
+import contextlib
+import contextvars
 import math
 import os
 
@@ -230,11 +232,57 @@ def _act_code(activation):
 
 # ----------------------------------------------------------------------------- kernel contract
 
+_WEIGHTS = contextvars.ContextVar("fastconv_cuda_weights", default=None)
+
+
+@contextlib.contextmanager
+def weight_cache(cache, owners):
+    """Within this block, weights that are views of ``owners`` go to the device once.
+
+    Parameters
+    ----------
+    cache : dict
+        Kept by the caller between blocks (the model engine keeps one per model):
+        device copies keyed by the host memory they copy (address, shape, strides, dtype).
+    owners : dict
+        ``{id(array): array}``: the host arrays whose memory does not change while the
+        cache lives (the engine's weights). A weight that is a view of one of them is
+        cached; any other host array is copied at each call, as outside the block.
+    """
+    token = _WEIGHTS.set((cache, owners))
+    try:
+        yield cache
+    finally:
+        _WEIGHTS.reset(token)
+
+
+def _owner(a):
+    while isinstance(getattr(a, "base", None), np.ndarray):
+        a = a.base
+    return a
+
+
+def weight(w, dtype):
+    """Host or device weight ``w`` on the device in ``dtype`` (see :func:`weight_cache`)."""
+    state = _WEIGHTS.get()
+    if state is None or not isinstance(w, np.ndarray):
+        return to_device(w, dtype)
+    cache, owners = state
+    root = _owner(w)
+    if owners.get(id(root)) is not root:
+        return to_device(w, dtype)
+    key = (w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str, np.dtype(dtype).str)
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = (root, to_device(w, dtype))
+    return hit[1]
+
+
 def _inputs(x, *weights):
     """(device x, whether x came from the host, device weights in x's dtype)."""
     host = not is_device_array(x)
     dx = to_device(x)
-    return (dx, host) + tuple(None if w is None else to_device(w, dx.dtype) for w in weights)
+    return (dx, host) + tuple(None if w is None else weight(w, dx.dtype) for w in weights)
 
 
 def _finish(y, host):
@@ -278,11 +326,17 @@ def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activatio
         s = w.strides
         _launch(_kernels(dx.dtype)["copy5"], ws.size, _view(w, ws.shape, s[:3] + (s[4], s[3])), ws)
     else:
-        ws = to_device(np.swapaxes(w, 3, 4), dx.dtype)
-    db = None if b is None else to_device(b, dx.dtype)
+        ws = weight(_swapped(w), dx.dtype)
+    db = None if b is None else weight(b, dx.dtype)
     y = _gemm(dx, reshape(ws, (kd * kh * kw * c, f)), db, (kd, kh, kw), strides, dilation,
               pads_before, 1, out_shape, activation, True)
     return _finish(y, host)
+
+
+def _swapped(w):
+    """(KD, KH, KW, F, C) -> (KD, KH, KW, C, F): a strided view, copied to the device
+    (once per weight inside :func:`weight_cache`)."""
+    return np.swapaxes(w, 3, 4)
 
 
 def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
@@ -424,7 +478,7 @@ def bias_activation(x, b=None, activation=None):
     out = _empty(x.shape, x.dtype)
     if x.size:
         last = x.shape[-1]
-        db = _dummy(x.dtype) if b is None else to_device(b, x.dtype)
+        db = _dummy(x.dtype) if b is None else weight(b, x.dtype)
         _launch(_kernels(x.dtype)["bias_act"], x.size, _flat_rows(x, last), db, b is not None,
                 _act_code(activation), out.reshape((x.size // last, last)))
     return out
@@ -448,8 +502,8 @@ def affine(x, scale, shift, activation=None):
     out = _empty(x.shape, x.dtype)
     if x.size:
         last = x.shape[-1]
-        _launch(_kernels(x.dtype)["affine_act"], x.size, _flat_rows(x, last), to_device(scale, x.dtype),
-                to_device(shift, x.dtype), _act_code(activation), out.reshape((x.size // last, last)))
+        _launch(_kernels(x.dtype)["affine_act"], x.size, _flat_rows(x, last), weight(scale, x.dtype),
+                weight(shift, x.dtype), _act_code(activation), out.reshape((x.size // last, last)))
     return out
 
 
@@ -509,11 +563,11 @@ def dense(x, w, b=None, activation=None):
     numba device array of shape (..., F)
     """
     x = as_device_array(x)
-    dw = to_device(w, x.dtype)
+    dw = weight(w, x.dtype)
     c, f = dw.shape
     rows = x.size // c if c else int(np.prod(x.shape[:-1]))
     x5 = _flat_rows(x, c).reshape((rows, 1, 1, 1, c))
-    db = None if b is None else to_device(b, x.dtype)
+    db = None if b is None else weight(b, x.dtype)
     y = _gemm(x5, dw, db, (1, 1, 1), (1, 1, 1), (1, 1, 1), (0, 0, 0), 1, (1, 1, 1), activation, False)
     return y.reshape(tuple(x.shape[:-1]) + (f,))
 
@@ -530,3 +584,52 @@ def flatten(x):
     """(N, ...) -> (N, prod(...)), as Keras Flatten on channels-last data."""
     x = as_device_array(x)
     return reshape(x, (x.shape[0], int(np.prod(x.shape[1:]))))
+
+
+def _copy_into(src, dst):
+    """``dst[...] = src`` for device arrays (views) of the same shape, at most 5-D."""
+    if src.size:
+        lead = (1,) * (5 - len(src.shape))
+        _launch(_kernels(dst.dtype)["copy5"], src.size,
+                _view(src, lead + tuple(src.shape), (0,) * len(lead) + tuple(src.strides)),
+                _view(dst, lead + tuple(dst.shape), (0,) * len(lead) + tuple(dst.strides)))
+
+
+def pad(x, widths):
+    """Zero padding on the device: ``widths`` as :func:`numpy.pad`'s, one (before, after) per axis
+    (at most 5 axes). Returns a new device array."""
+    x = as_device_array(x)
+    shape = tuple(d + lo + hi for d, (lo, hi) in zip(x.shape, widths))
+    out = _empty(shape, x.dtype)
+    if out.size:
+        _launch(_kernels(x.dtype)["fill"], out.size, out.reshape((out.size,)), x.dtype.type(0))
+        _copy_into(x, out[tuple(slice(lo, lo + d) for d, (lo, _) in zip(x.shape, widths))])
+    return out
+
+
+def crop(x, index):
+    """``x[index]`` (a tuple of slices) as a new contiguous device array."""
+    x = as_device_array(x)
+    view = x[tuple(index)]
+    out = _empty(view.shape, x.dtype)
+    _copy_into(view, out)
+    return out
+
+
+def repeat(x, count, axis):
+    """:func:`numpy.repeat` of each element ``count`` times along ``axis`` (nearest upsampling)."""
+    x = as_device_array(x)
+    if not _contiguous(x):
+        x = _cast(x, x.dtype)
+    axis %= len(x.shape)
+    shape = tuple(x.shape)
+    lead = int(np.prod(shape[:axis]))
+    trail = int(np.prod(shape[axis + 1:]))
+    out = _empty(shape[:axis] + (shape[axis] * count,) + shape[axis + 1:], x.dtype)
+    if out.size:
+        # out as (lead, n, count, trail) reads x as (lead, n, 1, trail) with a zero stride
+        item = x.dtype.itemsize
+        src = _view(x, (lead, shape[axis], count, trail),
+                    (shape[axis] * trail * item, trail * item, 0, item))
+        _copy_into(src, out.reshape((lead, shape[axis], count, trail)))
+    return out

@@ -113,6 +113,18 @@ class Layer:
     #: Whether :meth:`call_donated` can write the result over a donated input.
     donates = False
 
+    #: Whether :meth:`call` runs unchanged on CUDA device arrays with ``backend="cuda"``
+    #: (layers that only call the functional API, which takes device arrays).
+    device_call = False
+
+    def call_cuda(self, x, cu):
+        """The layer on CUDA device arrays, ``cu`` being :mod:`fastconv.backends.cuda`; returns
+        ``NotImplemented`` where this layer (or this configuration of it) has no device
+        implementation, and the engine then runs :meth:`call` on a host copy."""
+        if self.device_call:
+            return self.call(x, "cuda")
+        return NotImplemented
+
     def call_donated(self, x, backend, donated):
         """:meth:`call`, free to overwrite the inputs at the flat positions ``donated`` (the
         engine's own arrays, dead after this call) and to return one of them as the result.
@@ -229,12 +241,15 @@ class Identity(Layer):
     def call(self, x, backend):
         return x
 
+    device_call = True
+
 
 # ---------------------------------------------------------------------- convolutions
 
 class _ConvBase(Layer):
     nsp = 2
     kind = "conv"
+    device_call = True   # through the functional API
 
     def parse(self, config):
         n = self.nsp
@@ -406,10 +421,19 @@ class Dense(Layer):
             y += self.weights["bias"]
         return apply_activation(self.activation, y, owned=True)
 
+    def call_cuda(self, x, cu):
+        k = self.weights["kernel"]
+        if x.shape[-1] != k.shape[0]:
+            return self.call(x, "cuda")   # the host error message
+        fused = self.activation if self.activation in activations.ELEMENTWISE else None
+        y = cu.dense(x, k, self.weights.get("bias"), fused)
+        return y if self.activation == fused else cu.activation(y, self.activation)
+
 
 # ---------------------------------------------------------------------- pooling
 
 class Pool(Layer):
+    device_call = True
     keras_names = tuple(f"{k}{n}D" for k in ("MaxPooling", "AveragePooling", "MaxPool", "AvgPool")
                         for n in (1, 2, 3))
 
@@ -429,6 +453,7 @@ class Pool(Layer):
 
 
 class GlobalPool(Layer):
+    device_call = True
     keras_names = tuple(f"Global{k}{n}D" for k in ("MaxPooling", "AveragePooling", "MaxPool", "AvgPool")
                         for n in (1, 2, 3))
 
@@ -512,6 +537,12 @@ class BatchNormalization(Layer):
         y = np.multiply(x, self.mul.reshape(shape))  # one new array: fresh pages cost page faults
         y += self.add.reshape(shape)
         return y
+
+    def call_cuda(self, x, cu):
+        if _norm_axes(self.axes, x.ndim, self) != [x.ndim - 1]:
+            return NotImplemented
+        self._shape(x)
+        return cu.affine(x, self.mul, self.add)
 
     donates = True
 
@@ -611,6 +642,12 @@ class Rescaling(Layer):
     def call(self, x, backend):
         return x * self.scale + self.offset
 
+    def call_cuda(self, x, cu):
+        c = x.shape[-1]
+        if any(v.ndim > 1 or v.size not in (1, c) for v in (self.scale, self.offset)):
+            return NotImplemented
+        return cu.affine(x, np.broadcast_to(self.scale, (c,)), np.broadcast_to(self.offset, (c,)))
+
     donates = True
 
     def call_donated(self, x, backend, donated):
@@ -632,6 +669,9 @@ class Activation(Layer):
     def call(self, x, backend):
         return apply_activation(self.activation, x)
 
+    def call_cuda(self, x, cu):
+        return x if self.activation is None else cu.activation(x, self.activation)
+
     donates = True
 
     def call_donated(self, x, backend, donated):
@@ -652,6 +692,11 @@ class ReLU(Layer):
                                 threshold=self.threshold)
 
     donates = True
+
+    def call_cuda(self, x, cu):
+        if self.slope or self.threshold or self.max_value not in (None, 6.0):
+            return NotImplemented
+        return cu.activation(x, "relu" if self.max_value is None else "relu6")
 
     def call_donated(self, x, backend, donated):
         if self.slope or self.threshold or x.dtype.kind != "f":
@@ -695,6 +740,11 @@ class Softmax(Layer):
         e = np.exp(x - np.max(x, axis=axis, keepdims=True))
         return e / np.sum(e, axis=axis, keepdims=True)
 
+    def call_cuda(self, x, cu):
+        if _norm_axes(self.axes, x.ndim, self) != [x.ndim - 1]:
+            return NotImplemented
+        return cu.activation(x, "softmax")
+
 
 class PReLU(Layer):
     keras_names = ("PReLU",)
@@ -723,6 +773,11 @@ class Flatten(Layer):
             x = np.moveaxis(x, 1, -1)
         return np.ascontiguousarray(x).reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 fails for an empty batch
 
+    def call_cuda(self, x, cu):
+        if self.fmt == "channels_first" and x.ndim > 2:
+            return NotImplemented
+        return cu.flatten(x)
+
 
 class Reshape(Layer):
     keras_names = ("Reshape",)
@@ -741,6 +796,13 @@ class Reshape(Layer):
             raise InvalidArgumentError(
                 f"layer {self.name!r} (Reshape): cannot reshape {x.shape[1:]} to {self.target}")
         return x.reshape((x.shape[0],) + self.target)
+
+    def call_cuda(self, x, cu):
+        n = int(np.prod(x.shape[1:]))
+        known = int(np.prod([v for v in self.target if v != -1]))
+        if (-1 in self.target and (known == 0 or n % known)) or (-1 not in self.target and known != n):
+            return self.call(x, "cuda")   # the error
+        return cu.reshape(x, (x.shape[0],) + tuple(n // known if v == -1 else v for v in self.target))
 
 
 class Permute(Layer):
@@ -801,6 +863,14 @@ class ZeroPadding(Layer):
             width[a] = p
         return np.pad(x, width)
 
+    def call_cuda(self, x, cu):
+        if len(x.shape) > 5:
+            return NotImplemented
+        width = [(0, 0)] * len(x.shape)
+        for a, p in zip(_spatial_axes(x, self.nsp, self.fmt), self.pads):
+            width[a] = p
+        return cu.pad(x, width)
+
 
 class Cropping(Layer):
     keras_names = ("Cropping1D", "Cropping2D", "Cropping3D")
@@ -819,6 +889,16 @@ class Cropping(Layer):
                     f"axis {a} (size {x.shape[a]})")
             idx[a] = slice(b, x.shape[a] - e)
         return np.ascontiguousarray(x[tuple(idx)])
+
+    def call_cuda(self, x, cu):
+        if len(x.shape) > 5:
+            return NotImplemented
+        idx = [slice(None)] * len(x.shape)
+        for a, (b, e) in zip(_spatial_axes(x, self.nsp, self.fmt), self.crops):
+            if b + e >= x.shape[a]:
+                return self.call(cu.to_host(x), "cuda")   # the error message
+            idx[a] = slice(b, x.shape[a] - e)
+        return cu.crop(x, idx)
 
 
 class UpSampling(Layer):
@@ -841,6 +921,13 @@ class UpSampling(Layer):
             return x
         for a, s in zip(axes, self.size):
             x = _linear_resize_axis(x, a, x.shape[a] * s)
+        return x
+
+    def call_cuda(self, x, cu):
+        if self.interpolation != "nearest":
+            return NotImplemented
+        for a, s in zip(_spatial_axes(x, self.nsp, self.fmt), self.size):
+            x = cu.repeat(x, s, a)
         return x
 
 
@@ -883,6 +970,12 @@ class Merge(Layer):
             y = y / y.dtype.type(len(xs))
         return y if len(xs) > 1 else y.copy()
 
+    def call_cuda(self, xs, cu):
+        if not isinstance(xs, (list, tuple)) or len(xs) < 2 or len({tuple(a.shape) for a in xs}) != 1 \
+                or (self.class_name == "Subtract" and len(xs) != 2):
+            return NotImplemented
+        return cu.merge(self.class_name.lower(), xs)
+
     donates = True
 
     def call_donated(self, xs, backend, donated):
@@ -924,6 +1017,13 @@ class Concatenate(Layer):
 
     def call(self, xs, backend):
         return np.concatenate(xs, axis=self.axis)
+
+    def call_cuda(self, xs, cu):
+        nd = {len(a.shape) for a in xs}
+        if len(nd) != 1 or max(nd) > 5 or not -max(nd) <= self.axis < max(nd) or len(
+                {tuple(d for i, d in enumerate(a.shape) if i != self.axis % max(nd)) for a in xs}) != 1:
+            return self.call([cu.to_host(a) for a in xs], "cuda")   # the host error message
+        return cu.concatenate(xs, self.axis)
 
 
 class KerasOp(Layer):

@@ -1,6 +1,8 @@
 """The model graph: building it from a Keras config, loading weights, running it."""
 
+import contextlib
 import numbers
+import weakref
 
 import numpy as np
 
@@ -485,16 +487,19 @@ class Graph:
         keep = set(keys)
         values = {}
         live = _LiveSet()
+        cu = backends._module("cuda") if backend == "cuda" else None
         for i, step in enumerate(order):
             if step.inputs is None:
                 v = feeds[step.layer.name]
+                if cu is not None:
+                    v = cu.to_device(v)   # a no-op for a device array
                 values[step.outputs[0]] = v
                 live.add(v, owned=False)         # the caller's array: never written
                 continue
             flat = [values[k] for k in step.input_keys]
             args = _rebuild(step.inputs, flat)
             donated = ()
-            if getattr(step.layer, "donates", False):
+            if cu is None and getattr(step.layer, "donates", False):
                 donated = tuple(j for j, k in enumerate(step.input_keys)
                                 if last_use[k] == i and k not in keep and step.input_keys.count(k) == 1
                                 and live.sole_owner(flat[j]))
@@ -502,11 +507,15 @@ class Graph:
                 t0 = perf_counter()
             if isinstance(step.layer, Graph):
                 outs = step.layer.call(args, backend)
+            elif cu is not None:
+                outs = [_call_layer_cuda(step.layer, args, cu, stats)]
             elif donated:
                 outs = [_call_layer(step.layer, args, backend, donated)]
             else:
                 outs = [_call_layer(step.layer, args, backend)]
             if timer is not None:
+                if cu is not None:
+                    cu.cuda.synchronize()   # kernels run asynchronously: time them to the end
                 timer(step, perf_counter() - t0)
             in_roots = {id(_root(a)) for a in flat}
             # fresh memory from a built-in layer is the engine's (a registered layer's output might
@@ -559,6 +568,27 @@ class Graph:
 
 _BUILTIN_LAYERS = InputLayer.__module__
 
+# device copies of each model's weights (backend="cuda"), dropped with the model
+_DEVICE_WEIGHTS = weakref.WeakKeyDictionary()
+
+
+def _all_weights(graph, seen=None):
+    """Every weight array of the graph's layers and of the steps of its plans (folded weights)."""
+    seen = set() if seen is None else seen
+    layers = list(graph.layers) + [st.layer for plan in (graph.plan, graph.plain_plan) for st in plan]
+    for layer in layers:
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, Graph):
+            yield from _all_weights(layer, seen)
+            continue
+        yield from layer.weights.values()
+        for attr in ("mul", "add"):          # BatchNormalization's affine form
+            v = getattr(layer, attr, None)
+            if isinstance(v, np.ndarray):
+                yield v
+
 
 def _root(a):
     """The array that owns ``a``'s memory (``a`` itself, or the end of its ``.base`` chain)."""
@@ -603,6 +633,35 @@ class _LiveSet:
         key = id(_root(v))
         return key in self.mine and self.count.get(key) == 1 and isinstance(v, np.ndarray) \
             and v.flags.writeable
+
+
+def _call_layer_cuda(layer, args, cu, stats):
+    """``layer`` on device arrays: its :meth:`Layer.call_cuda`, or, for a layer without a device
+    implementation, :meth:`Layer.call` on host copies and the result copied back (counted in
+    ``stats["host_round_trips"]``)."""
+    try:
+        y = layer.call_cuda(args, cu)
+    except FastconvError:
+        raise
+    except (ValueError, TypeError, OverflowError, IndexError) as exc:
+        shapes = [getattr(a, "shape", None) for a in _flatten_values(args)]
+        raise InvalidArgumentError(
+            f"predict: layer {layer.name!r} ({layer.class_name}) cannot run on inputs of shape "
+            f"{', '.join(map(str, shapes))}: {type(exc).__name__}: {exc}") from exc
+    if y is NotImplemented:
+        host = _rebuild_values(args, cu.to_host)
+        y = cu.to_device(_call_layer(layer, host, "auto"))
+        if stats is not None:
+            stats["host_round_trips"] = stats.get("host_round_trips", 0) + 1
+    return y
+
+
+def _rebuild_values(args, fn):
+    if isinstance(args, list):
+        return [_rebuild_values(a, fn) for a in args]
+    if isinstance(args, dict):
+        return {k: _rebuild_values(v, fn) for k, v in args.items()}
+    return fn(args)
 
 
 def _call_layer(layer, args, backend, donated=()):
@@ -833,15 +892,32 @@ class Model:
         keys = _flatten(struct)
         nb = xs[0].shape[0]
         chunks = []
-        for start in range(0, max(nb, 1), batch_size):
-            feeds = {l.name: a[start:start + batch_size] for l, a in zip(g.input_layers, xs)}
-            vals = g.run(feeds, keys, backend)
-            chunks.append([vals[k] for k in keys])
+        with self._device_weights(backend) as cu:
+            for start in range(0, max(nb, 1), batch_size):
+                feeds = {l.name: a[start:start + batch_size] for l, a in zip(g.input_layers, xs)}
+                if cu is not None:   # one copy in per input and batch...
+                    feeds = {k: cu.to_device(v) for k, v in feeds.items()}
+                vals = g.run(feeds, keys, backend)
+                # ...and one copy out per output
+                chunks.append([vals[k] if cu is None else cu.to_host(vals[k]) for k in keys])
         flat = [c[0] if len(chunks) == 1 else np.concatenate(c, axis=0) for c in zip(*chunks)]
         flat = [np.ascontiguousarray(a, dtype=DTYPE) for a in flat]
         return _rebuild(struct, flat)
 
     __call__ = predict
+
+    @contextlib.contextmanager
+    def _device_weights(self, backend):
+        """For ``backend="cuda"``: yields the cuda backend with this model's weights cached on
+        the device (copied on the first call that needs each one); else yields None."""
+        if backend != "cuda":
+            yield None
+            return
+        cu = backends._module("cuda")
+        cache = _DEVICE_WEIGHTS.setdefault(self._graph, {})
+        owners = {id(r): r for r in map(_root, _all_weights(self._graph))}
+        with cu.weight_cache(cache, owners):
+            yield cu
 
     # -- accounting (fastconv/models/accounting.py; its docstring states the conventions)
     def count_params(self):
