@@ -178,6 +178,31 @@ def test_describe():
         C.describe("winograd")
 
 
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("xs, ws, groups", [
+    ((1, 1, 9, 20, 16), (1, 3, 3, 16, 64), 1),     # 6 x 4-vector tiles
+    ((1, 1, 9, 20, 16), (1, 3, 3, 16, 48), 1),     # 8 x 1-vector tiles
+    ((1, 1, 9, 20, 3), (1, 3, 3, 3, 32), 1),       # few channels
+    ((1, 1, 9, 20, 64), (1, 3, 3, 4, 64), 16),     # grouped, shared permutations
+    ((1, 1, 9, 20, 64), (1, 1, 3, 4, 64), 16),     # grouped, one permutation per tap
+])
+def test_fused_clamps(xs, ws, groups, activation, dtype):
+    # where the output has no padded channels the micro-kernels add the bias and clamp as
+    # they store: outputs well past 0 and 6 on both sides, and a NaN input, which the
+    # clamps pass through as the reference does
+    x, w, b = _arrays(xs, ws, dtype, seed=9)
+    x *= 8
+    x[0, 0, 4, 10, 1] = np.nan
+    pads = (P0, P1, P1) if ws[2] == 3 else (P0, P1, P0)
+    out = _out(xs, ws, (1, 1, 1), (1, 1, 1), pads)
+    assert C.choose_algorithm(xs, ws, (1, 1, 1), (1, 1, 1), groups, pads, out, dtype).startswith("direct")
+    y = C.conv(x, w, b, (1, 1, 1), (1, 1, 1), pads, groups, out, activation)
+    r = R.conv(x, w, b, (1, 1, 1), (1, 1, 1), pads, groups, out, activation)
+    assert np.isnan(r).any() and (r == 0).any() and ((r == 6) if activation == "relu6" else (r > 6)).any()
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(r))
+    assert_close(np.nan_to_num(y), np.nan_to_num(r), **_tol(dtype))
+
+
 # (x (N, D, H, W, C), w (KD, KH, KW, F, C), strides, dilation, output padding per axis)
 TRANSPOSED = [
     ((1, 1, 16, 16, 32), (1, 3, 3, 64, 32), (1, 2, 2), (1, 1, 1), (0, 1, 1)),

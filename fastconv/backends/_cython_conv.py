@@ -409,46 +409,72 @@ def _direct_tasks(jobs, n, cg, f):
     return np.array(tasks, np.intp).reshape(-1, 5)
 
 
-def _run(engine, x, wmats, jobs, y, b, activation, groups, macs):
-    """Run ``jobs`` (with their weight matrices ``wmats``, each (K * Cg, F)) on one engine."""
-    n, c = x.shape[0], x.shape[-1]
-    f = y.shape[-1]
-    bias, has_bias, code, rest = _epilogue(b, activation, x.dtype, f)
-    threads = _threads(macs)
-    if engine == "direct":
-        vl = _k.VECTOR_SIZE // x.itemsize
-        fp = -(-f // vl) * vl
-        offs = np.cumsum([0] + [w.shape[0] for w in wmats])
-        wpad = np.zeros((max(1, int(offs[-1])), fp), x.dtype)
-        for w, o in zip(wmats, offs):
-            wpad[o:o + w.shape[0], :f] = w
+class _Plan:
+    """Everything about a call that depends on the shapes only (cached per geometry by
+    :func:`_conv_plan` and :func:`_transpose_plan`): the engine, its job and task arrays,
+    buffer sizes, and how to lay out the weights.  A call then only lays out its weights,
+    allocates its output and runs the engine."""
+
+    __slots__ = ("algo", "engine", "jobs", "tasks", "macs", "y_shape", "f", "fp", "rows", "taps",
+                 "cg", "groups", "blk", "idx", "ns", "tile_outer", "run_max", "kmax", "need")
+
+    def weights(self, w):
+        """The jobs' weight matrices, stacked (``rows`` x F, F padded to ``fp`` for the direct
+        engine), from the Keras kernel ``w``: a view of it where nothing moves."""
+        if self.taps is None:                       # forward: the kernel reshaped is the matrix
+            wm = np.ascontiguousarray(w).reshape(-1, self.f)
+        else:                                       # transposed: each phase's taps, (K, C, F)
+            kd, kh, kw, f, c = w.shape
+            wm = np.ascontiguousarray(np.swapaxes(w.reshape(kd * kh * kw, f, c)[self.taps], 1, 2)).reshape(-1, f)
+        if self.engine == "gemm":
+            return wm.reshape(-1) if wm.size else np.zeros(1, w.dtype)
+        if self.fp == self.f and wm.shape[0]:
+            return wm
+        wpad = np.zeros((max(1, self.rows), self.fp), w.dtype)
+        wpad[:self.rows, :self.f] = wm
+        return wpad
+
+
+def _finish_plan(plan, jobs, wrows, n, c, f, groups, dtype):
+    """Fill in the engine-dependent parts of ``plan`` for ``jobs`` whose weight matrices have
+    ``wrows`` rows each (stacked in that order)."""
+    item = np.dtype(dtype).itemsize
+    plan.f, plan.groups, plan.cg = f, groups, c // groups
+    offs = np.cumsum([0] + list(wrows))
+    plan.rows = int(offs[-1])
+    if plan.engine == "direct":
+        vl = _k.VECTOR_SIZE // item
+        plan.fp = fp = -(-f // vl) * vl
         for job, o in zip(jobs, offs):
             job[21] = int(o) * fp
-        tasks = _direct_tasks(jobs, n, c // groups, f)
-        kmax = max([math.prod(job[12:15]) for job in jobs] + [1])
-        run_max = max(8, min(max(job[2] for job in jobs), _RUN_BYTES // (fp * x.itemsize)))
-        scratch = _scratch(threads, run_max * fp, x.dtype)
-        iscratch = _scratch(threads, 6 * kmax, np.intp, slot=1)
-        blk, idx, ns = _blocks_cached(c, f, groups, x.dtype.str)
-        _k.direct_conv(x, wpad, y, np.array(jobs, np.intp).reshape(-1, _k.JOB_FIELDS), tasks, scratch,
-                       iscratch, bias, has_bias, code, threads, c // groups, blk, idx.reshape(-1).view(np.uint8),
-                       ns, bool(blk[:, 1].any()))
+        plan.tasks = _direct_tasks(jobs, n, c // groups, f)
+        plan.kmax = max([math.prod(job[12:15]) for job in jobs] + [1])
+        plan.run_max = max(8, min(max(job[2] for job in jobs), _RUN_BYTES // (fp * item)))
+        plan.blk, idx, plan.ns = _blocks(c, f, groups, dtype)
+        plan.idx = idx.reshape(-1).view(np.uint8)
+        plan.tile_outer = bool(plan.blk[:, 1].any())
     else:
-        if len(wmats) == 1:
-            wbuf = wmats[0].reshape(-1)
-            jobs[0][21] = 0
-        else:
-            sizes = np.cumsum([0] + [w.size for w in wmats])
-            wbuf = np.concatenate([w.reshape(-1) for w in wmats]) if wmats else np.zeros(1, x.dtype)
-            for job, o in zip(jobs, sizes):
-                job[21] = int(o)
-        if wbuf.size == 0:
-            wbuf = np.zeros(1, x.dtype)
-        tasks, need = _gemm_tasks(jobs, n, c, f, groups, x.itemsize)
-        scratch = _scratch(threads, need, x.dtype)
+        plan.fp = f
+        for job, o in zip(jobs, offs):
+            job[21] = int(o) * f
+        plan.tasks, plan.need = _gemm_tasks(jobs, n, c, f, groups, item)
+    plan.jobs = np.array(jobs, np.intp).reshape(-1, _k.JOB_FIELDS)
+    return plan
+
+
+def _run(plan, x, wm, y, b, activation):
+    """Run a planned call: ``wm`` from :meth:`_Plan.weights`."""
+    bias, has_bias, code, rest = _epilogue(b, activation, x.dtype, plan.f)
+    threads = _threads(plan.macs)
+    if plan.engine == "direct":
+        scratch = _scratch(threads, plan.run_max * plan.fp, x.dtype)
+        iscratch = _scratch(threads, 6 * plan.kmax, np.intp, slot=1)
+        _k.direct_conv(x, wm, y, plan.jobs, plan.tasks, scratch, iscratch, bias, has_bias, code, threads,
+                       plan.cg, plan.blk, plan.idx, plan.ns, plan.tile_outer)
+    else:
+        scratch = _scratch(threads, plan.need, x.dtype)
         with _blas.single_threaded():
-            _k.gemm_conv(x, wbuf, y, np.array(jobs, np.intp).reshape(-1, _k.JOB_FIELDS), tasks, scratch,
-                         bias, has_bias, code, groups, threads)
+            _k.gemm_conv(x, wm, y, plan.jobs, plan.tasks, scratch, bias, has_bias, code, plan.groups, threads)
     if rest is not None:
         y = activations.apply(rest, y)
     return y
@@ -456,21 +482,29 @@ def _run(engine, x, wmats, jobs, y, b, activation, groups, macs):
 
 # ---------------------------------------------------------------- conv
 
+@functools.lru_cache(maxsize=256)
+def _conv_plan(x_shape, w_shape, strides, dilation, pads, groups, out_shape, dtype):
+    plan = _Plan()
+    plan.algo = choose_algorithm(x_shape, w_shape, strides, dilation, groups, pads, out_shape, dtype)
+    if plan.algo == "fft":
+        return plan
+    n, c, f = x_shape[0], x_shape[-1], w_shape[-1]
+    plan.y_shape = (n,) + out_shape + (f,)
+    plan.macs = n * math.prod(out_shape) * math.prod(w_shape)
+    plan.taps = None
+    plan.engine = "direct" if plan.algo.startswith("direct") else "gemm"
+    mode = _k.MODE_ROWS if plan.algo == "gemm_1x1" else _k.MODE_PACK
+    job = _job(out_shape, [p[0] for p in pads], strides, dilation, w_shape[:3], (0, 0, 0), (1, 1, 1), 0, mode,
+               True)
+    return _finish_plan(plan, [job], [math.prod(w_shape[:4])], n, c, f, groups, dtype)
+
+
 def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
-    n, c = x.shape[0], x.shape[-1]
-    f = w.shape[-1]
-    strides, dilation, out_shape = tuple(strides), tuple(dilation), tuple(out_shape)
-    algo = choose_algorithm(x.shape, w.shape, strides, dilation, groups, pads, out_shape, x.dtype)
-    if algo == "fft":
-        return _fft_conv(x, w, b, strides, dilation, pads, groups, out_shape, activation)
-    y = np.empty((n,) + out_shape + (f,), x.dtype)
-    ksize = w.shape[:3]
-    macs = n * math.prod(out_shape) * w.size
-    before = [p[0] for p in pads]
-    mode = _k.MODE_ROWS if algo == "gemm_1x1" else _k.MODE_PACK
-    job = _job(out_shape, before, strides, dilation, ksize, (0, 0, 0), (1, 1, 1), 0, mode, True)
-    engine = "direct" if algo.startswith("direct") else "gemm"
-    return _run(engine, x, [w.reshape(-1, f)], [job], y, b, activation, groups, macs)
+    plan = _conv_plan(x.shape, w.shape, tuple(strides), tuple(dilation), tuple(tuple(p) for p in pads), groups,
+                      tuple(out_shape), x.dtype.str)
+    if plan.algo == "fft":
+        return _fft_conv(x, w, b, tuple(strides), tuple(dilation), pads, groups, tuple(out_shape), activation)
+    return _run(plan, x, plan.weights(w), np.empty(plan.y_shape, x.dtype), b, activation)
 
 
 # ---------------------------------------------------------------- conv_transpose
@@ -506,19 +540,17 @@ def _phases(n_in, k, s, d, before, n_out):
     return out
 
 
-def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activation):
-    """Transposed convolution as ``prod(strides)`` stride-1 convolutions, one per output
-    phase (see :func:`_phases`), all run in one parallel loop of the GEMM (or, with few
-    input channels, the direct) engine, each writing its strided slice of ``y``."""
-    n, c = x.shape[0], x.shape[-1]
-    f = w.shape[3]
-    out_shape = tuple(out_shape)
-    y = np.empty((n,) + out_shape + (f,), x.dtype)
-    axes = [_phases(x.shape[1 + a], w.shape[a], strides[a], dilation[a], pads_before[a], out_shape[a])
+@functools.lru_cache(maxsize=256)
+def _transpose_plan(x_shape, w_shape, strides, dilation, pads_before, out_shape, dtype):
+    n, c = x_shape[0], x_shape[-1]
+    f = w_shape[3]
+    plan = _Plan()
+    plan.algo = "transposed"
+    plan.y_shape = (n,) + out_shape + (f,)
+    axes = [_phases(x_shape[1 + a], w_shape[a], strides[a], dilation[a], pads_before[a], out_shape[a])
             for a in range(3)]
-    wc = np.swapaxes(w, 3, 4)  # (k..., C, F): the forward convolution's layout
-    jobs, wmats = [], []
-    inplace = tuple(strides) == (1, 1, 1)
+    jobs, wrows, taps = [], [], []
+    inplace = strides == (1, 1, 1)
     macs = 0
     for parts in itertools.product(*axes):
         counts = tuple(p[5] for p in parts)
@@ -527,20 +559,33 @@ def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activatio
         if not all(p[0] for p in parts):
             jobs.append(_job(counts, (0, 0, 0), (1, 1, 1), (1, 1, 1), (0, 0, 0), y0, step, 0, _k.MODE_ZERO,
                              inplace))
-            wmats.append(np.zeros((0, f), x.dtype))
+            wrows.append(0)
             continue
-        taps = [p[0] for p in parts]
-        ksize = tuple(len(t) for t in taps)
+        ptaps = [p[0] for p in parts]
+        ksize = tuple(len(t) for t in ptaps)
         pad = tuple(p[2] for p in parts)
         dil = tuple(p[1] for p in parts)
-        rows = ksize == (1, 1, 1) and pad == (0, 0, 0) and counts == tuple(x.shape[1:4])
+        rows = ksize == (1, 1, 1) and pad == (0, 0, 0) and counts == tuple(x_shape[1:4])
         jobs.append(_job(counts, pad, (1, 1, 1), dil, ksize, y0, step, 0,
                          _k.MODE_ROWS if rows else _k.MODE_PACK, inplace))
-        wmats.append(np.ascontiguousarray(wc[np.ix_(*taps)]).reshape(-1, f))
-        macs += n * math.prod(counts) * wmats[-1].size
-    fits = all(_direct_fits(w.shape[0]) for w in wmats)
-    engine = "direct" if c < _FEW_CHANNELS or fits else "gemm"
-    return _run(engine, x, wmats, jobs, y, b, activation, 1, macs)
+        # the phase's taps in correlation order, as flat kernel indices (rows of C each)
+        taps += [(kd * w_shape[1] + kh) * w_shape[2] + kw for kd, kh, kw in itertools.product(*ptaps)]
+        wrows.append(math.prod(ksize) * c)
+        macs += n * math.prod(counts) * wrows[-1] * f
+    plan.macs = macs
+    plan.taps = np.array(taps, np.intp)
+    fits = all(_direct_fits(r) for r in wrows)
+    plan.engine = "direct" if c < _FEW_CHANNELS or fits else "gemm"
+    return _finish_plan(plan, jobs, wrows, n, c, f, 1, dtype)
+
+
+def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activation):
+    """Transposed convolution as ``prod(strides)`` stride-1 convolutions, one per output
+    phase (see :func:`_phases`), all run in one parallel loop of the GEMM (or, with few
+    input channels, the direct) engine, each writing its strided slice of ``y``."""
+    plan = _transpose_plan(x.shape, w.shape, tuple(strides), tuple(dilation), tuple(pads_before),
+                           tuple(out_shape), x.dtype.str)
+    return _run(plan, x, plan.weights(w), np.empty(plan.y_shape, x.dtype), b, activation)
 
 
 # ---------------------------------------------------------------- FFT

@@ -53,6 +53,7 @@ cdef extern from *:
     """
     #include <stddef.h>
     #include <stdint.h>
+    #include <math.h>
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
     #  define FC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
     #else
@@ -60,17 +61,37 @@ cdef extern from *:
     #endif
     #define FC_P 8
 
+    /* Every micro-kernel starts its accumulators from ``bias`` (a vector per accumulated vector
+       of channels; zero if NULL) and applies activation ``act`` (0 none, 1 ReLU, 2 ReLU6) as it
+       stores them, so that where it writes straight into the output no epilogue pass remains.
+       The clamps are bit selections: NaN passes through them, as through the scalar ones. */
+    #define FC_START(SUF, bias, off) ((bias) ? *(const fc_vu_##SUF*)((bias) + (off)) : (fc_v_##SUF){0})
+    #define FC_PUT(SUF, ptr, val, act) do {                                                         \\
+        fc_v_##SUF v_ = (val);                                                                      \\
+        if (act) {                                                                                  \\
+            fc_v_##SUF z_ = {0};                                                                    \\
+            fc_i_##SUF m_ = v_ < z_;                                                                \\
+            v_ = (fc_v_##SUF)((fc_i_##SUF)v_ & ~m_);                                                \\
+            if (act == 2) {                                                                         \\
+                fc_v_##SUF s_ = z_ + 6;                                                             \\
+                m_ = v_ > s_;                                                                       \\
+                v_ = (fc_v_##SUF)(((fc_i_##SUF)v_ & ~m_) | ((fc_i_##SUF)s_ & m_));                  \\
+            }                                                                                       \\
+        }                                                                                           \\
+        *(fc_vu_##SUF*)(ptr) = v_;                                                                  \\
+    } while (0)
+
     /* out[p * ldo + 0:VL] = sum_t sum_c x[p * ps + xoff[t] + c] * w[woff[t] + c * ldw + 0:VL],
-       p < FC_P (bcast8) or p = 0 (bcast1): the input value is broadcast, the weights are a vector.
-       eltw: out[p] = sum_t sum_c x[p * ps + xoff[t] + c * ldx + 0:VL] * w[woff[t] + c * ldw + 0:VL],
-       both operands vectors (the grouped kernel's expanded input). */
-    #define FC_KERNELS(T, SUF)                                                                      \\
+       p < FC_P (bcast8) or p = 0 (bcast1): the input value is broadcast, the weights are a vector. */
+    #define FC_KERNELS(T, SUF, IT)                                                                  \\
     typedef T fc_v_##SUF __attribute__((vector_size(64)));                                          \\
     typedef T fc_vu_##SUF __attribute__((vector_size(64), aligned(sizeof(T))));                     \\
+    typedef IT fc_i_##SUF __attribute__((vector_size(64)));                                         \\
     static FC_CLONES void fc_bcast8_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,          \\
             const ptrdiff_t* woff, ptrdiff_t nt, ptrdiff_t C, const T* w, ptrdiff_t ldw,           \\
-            T* out, ptrdiff_t ldo) {                                                                \\
-        fc_v_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0}; \\
+            T* out, ptrdiff_t ldo, const T* bias, int act) {                                        \\
+        fc_v_##SUF a0 = FC_START(SUF, bias, 0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0,        \\
+            a6 = a0, a7 = a0;                                                                       \\
         for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
             const T* xs = x + xoff[t];                                                              \\
             const T* ws = w + woff[t];                                                              \\
@@ -82,15 +103,15 @@ cdef extern from *:
                 a6 += xs[6 * ps + c] * wv; a7 += xs[7 * ps + c] * wv;                               \\
             }                                                                                       \\
         }                                                                                           \\
-        *(fc_vu_##SUF*)(out) = a0; *(fc_vu_##SUF*)(out + ldo) = a1;                                 \\
-        *(fc_vu_##SUF*)(out + 2 * ldo) = a2; *(fc_vu_##SUF*)(out + 3 * ldo) = a3;                   \\
-        *(fc_vu_##SUF*)(out + 4 * ldo) = a4; *(fc_vu_##SUF*)(out + 5 * ldo) = a5;                   \\
-        *(fc_vu_##SUF*)(out + 6 * ldo) = a6; *(fc_vu_##SUF*)(out + 7 * ldo) = a7;                   \\
+        FC_PUT(SUF, out, a0, act); FC_PUT(SUF, out + ldo, a1, act);                                 \\
+        FC_PUT(SUF, out + 2 * ldo, a2, act); FC_PUT(SUF, out + 3 * ldo, a3, act);                   \\
+        FC_PUT(SUF, out + 4 * ldo, a4, act); FC_PUT(SUF, out + 5 * ldo, a5, act);                   \\
+        FC_PUT(SUF, out + 6 * ldo, a6, act); FC_PUT(SUF, out + 7 * ldo, a7, act);                   \\
     }                                                                                               \\
     static FC_CLONES void fc_bcast1_##SUF(const T* x, const ptrdiff_t* xoff, const ptrdiff_t* woff, \\
-            ptrdiff_t nt, ptrdiff_t C, const T* w, ptrdiff_t ldw, T* out) {                         \\
+            ptrdiff_t nt, ptrdiff_t C, const T* w, ptrdiff_t ldw, T* out, const T* bias, int act) { \\
         /* four taps at a time into four accumulators: no chain of dependent FMAs */                \\
-        fc_v_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                          \\
+        fc_v_##SUF a0 = FC_START(SUF, bias, 0), a1 = {0}, a2 = {0}, a3 = {0};                       \\
         ptrdiff_t t = 0;                                                                            \\
         for (; t + 4 <= nt; t += 4) {                                                               \\
             const T *x0 = x + xoff[t], *x1 = x + xoff[t + 1], *x2 = x + xoff[t + 2], *x3 = x + xoff[t + 3]; \\
@@ -108,43 +129,7 @@ cdef extern from *:
             for (ptrdiff_t c = 0; c < C; c++)                                                       \\
                 a0 += xs[c] * *(const fc_vu_##SUF*)(ws + c * ldw);                                  \\
         }                                                                                           \\
-        *(fc_vu_##SUF*)(out) = (a0 + a1) + (a2 + a3);                                               \\
-    }                                                                                               \\
-    static FC_CLONES void fc_eltw8_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,           \\
-            const ptrdiff_t* woff, ptrdiff_t nt, ptrdiff_t C, ptrdiff_t ldx, const T* w,            \\
-            ptrdiff_t ldw, T* out, ptrdiff_t ldo) {                                                 \\
-        fc_v_##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0}; \\
-        for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
-            const T* xs = x + xoff[t];                                                              \\
-            const T* ws = w + woff[t];                                                              \\
-            for (ptrdiff_t c = 0; c < C; c++) {                                                     \\
-                fc_v_##SUF wv = *(const fc_vu_##SUF*)(ws + c * ldw);                                \\
-                const T* xc = xs + c * ldx;                                                         \\
-                a0 += *(const fc_vu_##SUF*)(xc) * wv;                                               \\
-                a1 += *(const fc_vu_##SUF*)(xc + ps) * wv;                                          \\
-                a2 += *(const fc_vu_##SUF*)(xc + 2 * ps) * wv;                                      \\
-                a3 += *(const fc_vu_##SUF*)(xc + 3 * ps) * wv;                                      \\
-                a4 += *(const fc_vu_##SUF*)(xc + 4 * ps) * wv;                                      \\
-                a5 += *(const fc_vu_##SUF*)(xc + 5 * ps) * wv;                                      \\
-                a6 += *(const fc_vu_##SUF*)(xc + 6 * ps) * wv;                                      \\
-                a7 += *(const fc_vu_##SUF*)(xc + 7 * ps) * wv;                                      \\
-            }                                                                                       \\
-        }                                                                                           \\
-        *(fc_vu_##SUF*)(out) = a0; *(fc_vu_##SUF*)(out + ldo) = a1;                                 \\
-        *(fc_vu_##SUF*)(out + 2 * ldo) = a2; *(fc_vu_##SUF*)(out + 3 * ldo) = a3;                   \\
-        *(fc_vu_##SUF*)(out + 4 * ldo) = a4; *(fc_vu_##SUF*)(out + 5 * ldo) = a5;                   \\
-        *(fc_vu_##SUF*)(out + 6 * ldo) = a6; *(fc_vu_##SUF*)(out + 7 * ldo) = a7;                   \\
-    }                                                                                               \\
-    static FC_CLONES void fc_eltw1_##SUF(const T* x, const ptrdiff_t* xoff, const ptrdiff_t* woff,  \\
-            ptrdiff_t nt, ptrdiff_t C, ptrdiff_t ldx, const T* w, ptrdiff_t ldw, T* out) {          \\
-        fc_v_##SUF a0 = {0};                                                                        \\
-        for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
-            const T* xs = x + xoff[t];                                                              \\
-            const T* ws = w + woff[t];                                                              \\
-            for (ptrdiff_t c = 0; c < C; c++)                                                       \\
-                a0 += *(const fc_vu_##SUF*)(xs + c * ldx) * *(const fc_vu_##SUF*)(ws + c * ldw);    \\
-        }                                                                                           \\
-        *(fc_vu_##SUF*)(out) = a0;                                                                  \\
+        FC_PUT(SUF, out, (a0 + a1) + (a2 + a3), act);                                               \\
     }
 
     /* out[p * ldo + 0:4*VL] for p < P (P = 1..6, a compile-time constant per function): the
@@ -152,10 +137,13 @@ cdef extern from *:
     #define FC_BX4(T, SUF, P)                                                                       \\
     static FC_CLONES void fc_bcast##P##x4_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,    \\
             const ptrdiff_t* woff, ptrdiff_t nt, ptrdiff_t C, const T* w, ptrdiff_t ldw,           \\
-            T* out, ptrdiff_t ldo) {                                                                \\
+            T* out, ptrdiff_t ldo, const T* bias, int act) {                                        \\
         const int VL = 64 / sizeof(T);                                                              \\
         fc_v_##SUF a[P][4];                                                                         \\
-        for (int p = 0; p < P; p++) for (int v = 0; v < 4; v++) a[p][v] = (fc_v_##SUF){0};          \\
+        for (int v = 0; v < 4; v++) {                                                               \\
+            a[0][v] = FC_START(SUF, bias, v * VL);                                                  \\
+            for (int p = 1; p < P; p++) a[p][v] = a[0][v];                                          \\
+        }                                                                                           \\
         for (ptrdiff_t t = 0; t < nt; t++) {                                                        \\
             const T* xs = x + xoff[t];                                                              \\
             const T* ws = w + woff[t];                                                              \\
@@ -171,7 +159,7 @@ cdef extern from *:
             }                                                                                       \\
         }                                                                                           \\
         for (int p = 0; p < P; p++) for (int v = 0; v < 4; v++)                                     \\
-            *(fc_vu_##SUF*)(out + p * ldo + v * VL) = a[p][v];                                      \\
+            FC_PUT(SUF, out + p * ldo + v * VL, a[p][v], act);                                      \\
     }
     #define FC_BX4_ALL(T, SUF) \\
         FC_BX4(T, SUF, 1) FC_BX4(T, SUF, 2) FC_BX4(T, SUF, 3) FC_BX4(T, SUF, 4) FC_BX4(T, SUF, 5) FC_BX4(T, SUF, 6)
@@ -184,44 +172,44 @@ cdef extern from *:
        vpermt2ps on AVX-512), so the groups' inputs are read in place, never copied apart.
        out[p * ldo + 0:VL] = sum_t sum_c perm_c(x[p * ps + xoff[t] ...]) * w[woff[t] + c * ldw + 0:VL],
        p < P, the same sequence of operations per pixel for every P. */
-    #define FC_GRP(T, SUF, IT, P)                                                                   \
-    static FC_CLONES void fc_grp##P##_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,        \
-            const ptrdiff_t* woff, ptrdiff_t nt, ptrdiff_t Cg, int NS, const IT* idx, const T* w,   \
-            ptrdiff_t ldw, T* out, ptrdiff_t ldo) {                                                 \
-        typedef IT fc_m __attribute__((vector_size(64)));                                           \
-        typedef IT fc_mu __attribute__((vector_size(64), aligned(sizeof(IT))));                     \
-        const int VL = 64 / sizeof(T);                                                              \
-        fc_v_##SUF a[P];                                                                            \
-        for (int p = 0; p < P; p++) a[p] = (fc_v_##SUF){0};                                         \
-        if (NS == 1) {                                                                              \
-            for (ptrdiff_t t = 0; t < nt; t++) {                                                    \
-                const T* xs = x + xoff[t];                                                          \
-                const T* ws = w + woff[t];                                                          \
-                fc_v_##SUF xv[P];                                                                   \
-                for (int p = 0; p < P; p++) xv[p] = *(const fc_vu_##SUF*)(xs + p * ps);             \
-                for (ptrdiff_t c = 0; c < Cg; c++) {                                                \
-                    fc_m m = *(const fc_mu*)(idx + c * VL);                                           \
-                    fc_v_##SUF wv = *(const fc_vu_##SUF*)(ws + c * ldw);                            \
-                    for (int p = 0; p < P; p++) a[p] += __builtin_shuffle(xv[p], m) * wv;           \
-                }                                                                                   \
-            }                                                                                       \
-        } else {                                                                                    \
-            for (ptrdiff_t t = 0; t < nt; t++) {                                                    \
-                const T* xs = x + xoff[t];                                                          \
-                const T* ws = w + woff[t];                                                          \
-                fc_v_##SUF lo[P], hi[P];                                                            \
-                for (int p = 0; p < P; p++) {                                                       \
-                    lo[p] = *(const fc_vu_##SUF*)(xs + p * ps);                                     \
-                    hi[p] = *(const fc_vu_##SUF*)(xs + p * ps + VL);                                \
-                }                                                                                   \
-                for (ptrdiff_t c = 0; c < Cg; c++) {                                                \
-                    fc_m m = *(const fc_mu*)(idx + c * VL);                                           \
-                    fc_v_##SUF wv = *(const fc_vu_##SUF*)(ws + c * ldw);                            \
-                    for (int p = 0; p < P; p++) a[p] += __builtin_shuffle(lo[p], hi[p], m) * wv;    \
-                }                                                                                   \
-            }                                                                                       \
-        }                                                                                           \
-        for (int p = 0; p < P; p++) *(fc_vu_##SUF*)(out + p * ldo) = a[p];                          \
+    #define FC_GRP(T, SUF, IT, P)                                                                   \\
+    static FC_CLONES void fc_grp##P##_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,        \\
+            const ptrdiff_t* woff, ptrdiff_t nt, ptrdiff_t Cg, int NS, const IT* idx, const T* w,   \\
+            ptrdiff_t ldw, T* out, ptrdiff_t ldo, const T* bias, int act) {                         \\
+        typedef IT fc_mu __attribute__((vector_size(64), aligned(sizeof(IT))));                     \\
+        const int VL = 64 / sizeof(T);                                                              \\
+        fc_v_##SUF a[P];                                                                            \\
+        a[0] = FC_START(SUF, bias, 0);                                                              \\
+        for (int p = 1; p < P; p++) a[p] = a[0];                                                    \\
+        if (NS == 1) {                                                                              \\
+            for (ptrdiff_t t = 0; t < nt; t++) {                                                    \\
+                const T* xs = x + xoff[t];                                                          \\
+                const T* ws = w + woff[t];                                                          \\
+                fc_v_##SUF xv[P];                                                                   \\
+                for (int p = 0; p < P; p++) xv[p] = *(const fc_vu_##SUF*)(xs + p * ps);             \\
+                for (ptrdiff_t c = 0; c < Cg; c++) {                                                \\
+                    fc_i_##SUF m = *(const fc_mu*)(idx + c * VL);                                   \\
+                    fc_v_##SUF wv = *(const fc_vu_##SUF*)(ws + c * ldw);                            \\
+                    for (int p = 0; p < P; p++) a[p] += __builtin_shuffle(xv[p], m) * wv;           \\
+                }                                                                                   \\
+            }                                                                                       \\
+        } else {                                                                                    \\
+            for (ptrdiff_t t = 0; t < nt; t++) {                                                    \\
+                const T* xs = x + xoff[t];                                                          \\
+                const T* ws = w + woff[t];                                                          \\
+                fc_v_##SUF lo[P], hi[P];                                                            \\
+                for (int p = 0; p < P; p++) {                                                       \\
+                    lo[p] = *(const fc_vu_##SUF*)(xs + p * ps);                                     \\
+                    hi[p] = *(const fc_vu_##SUF*)(xs + p * ps + VL);                                \\
+                }                                                                                   \\
+                for (ptrdiff_t c = 0; c < Cg; c++) {                                                \\
+                    fc_i_##SUF m = *(const fc_mu*)(idx + c * VL);                                   \\
+                    fc_v_##SUF wv = *(const fc_vu_##SUF*)(ws + c * ldw);                            \\
+                    for (int p = 0; p < P; p++) a[p] += __builtin_shuffle(lo[p], hi[p], m) * wv;    \\
+                }                                                                                   \\
+            }                                                                                       \\
+        }                                                                                           \\
+        for (int p = 0; p < P; p++) FC_PUT(SUF, out + p * ldo, a[p], act);                          \\
     }
 
     /* The grouped micro-kernel for 3 taps along the row at stride 1 and dilation 1 (3x3 and
@@ -229,38 +217,38 @@ cdef extern from *:
        permutation of a column serves the up to 3 pixels that read it (a zmm permutation costs
        about two FMA slots on Zen 4: one per FMA, as in fc_grp*, halves the throughput).
        Kernel row r: inputs at x + xoff[3 r] + j * ps, weights at w + woff[3 r] + (kw * Cg + c) * ldw. */
-    #define FC_GRPW3(T, SUF, IT, P)                                                                 \
-    static FC_CLONES void fc_grpw3_##P##_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,     \
-            const ptrdiff_t* woff, ptrdiff_t nrow, ptrdiff_t Cg, const IT* idx, const T* w,         \
-            ptrdiff_t ldw, T* out, ptrdiff_t ldo) {                                                 \
-        typedef IT fc_m __attribute__((vector_size(64)));                                           \
-        typedef IT fc_mu __attribute__((vector_size(64), aligned(sizeof(IT))));                     \
-        const int VL = 64 / sizeof(T);                                                              \
-        fc_v_##SUF a[P];                                                                            \
-        for (int p = 0; p < P; p++) a[p] = (fc_v_##SUF){0};                                         \
-        for (ptrdiff_t r = 0; r < nrow; r++) {                                                      \
-            const T* xs = x + xoff[3 * r];                                                          \
-            const T* ws = w + woff[3 * r];                                                          \
-            fc_v_##SUF xv[P + 2];                                                                   \
-            for (int j = 0; j < P + 2; j++) xv[j] = *(const fc_vu_##SUF*)(xs + j * ps);             \
-            for (ptrdiff_t c = 0; c < Cg; c++) {                                                    \
-                fc_m m = *(const fc_mu*)(idx + c * VL);                                             \
-                fc_v_##SUF w0 = *(const fc_vu_##SUF*)(ws + c * ldw);                                \
-                fc_v_##SUF w1 = *(const fc_vu_##SUF*)(ws + (Cg + c) * ldw);                         \
-                fc_v_##SUF w2 = *(const fc_vu_##SUF*)(ws + (2 * Cg + c) * ldw);                     \
-                for (int j = 0; j < P + 2; j++) {                                                   \
-                    fc_v_##SUF xp = __builtin_shuffle(xv[j], m);                                    \
-                    if (j < P) a[j] += xp * w0;                                                     \
-                    if (j >= 1 && j - 1 < P) a[j - 1] += xp * w1;                                   \
-                    if (j >= 2) a[j - 2] += xp * w2;                                                \
-                }                                                                                   \
-            }                                                                                       \
-        }                                                                                           \
-        for (int p = 0; p < P; p++) *(fc_vu_##SUF*)(out + p * ldo) = a[p];                          \
+    #define FC_GRPW3(T, SUF, IT, P)                                                                 \\
+    static FC_CLONES void fc_grpw3_##P##_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,     \\
+            const ptrdiff_t* woff, ptrdiff_t nrow, ptrdiff_t Cg, const IT* idx, const T* w,         \\
+            ptrdiff_t ldw, T* out, ptrdiff_t ldo, const T* bias, int act) {                         \\
+        typedef IT fc_mu __attribute__((vector_size(64), aligned(sizeof(IT))));                     \\
+        const int VL = 64 / sizeof(T);                                                              \\
+        fc_v_##SUF a[P];                                                                            \\
+        a[0] = FC_START(SUF, bias, 0);                                                              \\
+        for (int p = 1; p < P; p++) a[p] = a[0];                                                    \\
+        for (ptrdiff_t r = 0; r < nrow; r++) {                                                      \\
+            const T* xs = x + xoff[3 * r];                                                          \\
+            const T* ws = w + woff[3 * r];                                                          \\
+            fc_v_##SUF xv[P + 2];                                                                   \\
+            for (int j = 0; j < P + 2; j++) xv[j] = *(const fc_vu_##SUF*)(xs + j * ps);             \\
+            for (ptrdiff_t c = 0; c < Cg; c++) {                                                    \\
+                fc_i_##SUF m = *(const fc_mu*)(idx + c * VL);                                       \\
+                fc_v_##SUF w0 = *(const fc_vu_##SUF*)(ws + c * ldw);                                \\
+                fc_v_##SUF w1 = *(const fc_vu_##SUF*)(ws + (Cg + c) * ldw);                         \\
+                fc_v_##SUF w2 = *(const fc_vu_##SUF*)(ws + (2 * Cg + c) * ldw);                     \\
+                for (int j = 0; j < P + 2; j++) {                                                   \\
+                    fc_v_##SUF xp = __builtin_shuffle(xv[j], m);                                    \\
+                    if (j < P) a[j] += xp * w0;                                                     \\
+                    if (j >= 1 && j - 1 < P) a[j - 1] += xp * w1;                                   \\
+                    if (j >= 2) a[j - 2] += xp * w2;                                                \\
+                }                                                                                   \\
+            }                                                                                       \\
+        }                                                                                           \\
+        for (int p = 0; p < P; p++) FC_PUT(SUF, out + p * ldo, a[p], act);                          \\
     }
 
-    FC_KERNELS(float, f)
-    FC_KERNELS(double, d)
+    FC_KERNELS(float, f, int32_t)
+    FC_KERNELS(double, d, int64_t)
     FC_BX4_ALL(float, f)
     FC_BX4_ALL(double, d)
     FC_GRP(float, f, int32_t, 1)
@@ -269,6 +257,34 @@ cdef extern from *:
     FC_GRP(double, d, int64_t, 8)
     FC_GRPW3(float, f, int32_t, 6)
     FC_GRPW3(double, d, int64_t, 6)
+
+    /* Epilogue of a block of rows: dst[r * ldd + :n] = act(src[r * lds + :n] + bias[:n]), r < rows,
+       for the activations computed in the data's precision (code 0 none, 1 ReLU, 2 ReLU6; bias
+       may be NULL, dst may be src); plain loops that GCC vectorises for each clone.  NaN passes
+       through both clamps. */
+    #define FC_CLAMP(v) ((v) < lo ? lo : ((v) > top ? top : (v)))
+    #define FC_FINISH(T, SUF)                                                                       \\
+    static FC_CLONES void fc_finish_##SUF(T* dst, ptrdiff_t ldd, const T* src, ptrdiff_t lds,     \\
+            ptrdiff_t rows, ptrdiff_t n, const T* bias, int code) {                                 \\
+        const T top = code == 2 ? (T)6 : (T)INFINITY;                                               \\
+        const T lo = code == 0 ? (T)-INFINITY : (T)0;                                               \\
+        for (ptrdiff_t r = 0; r < rows; r++) {                                                      \\
+            T* d = dst + r * ldd;                                                                   \\
+            const T* s = src + r * lds;                                                             \\
+            if (d == s) {  /* in place: one pointer, nothing for the vectoriser to check */         \\
+                if (bias != NULL)                                                                   \\
+                    for (ptrdiff_t i = 0; i < n; i++) { T v = d[i] + bias[i]; d[i] = FC_CLAMP(v); } \\
+                else if (code != 0)                                                                 \\
+                    for (ptrdiff_t i = 0; i < n; i++) { T v = d[i]; d[i] = FC_CLAMP(v); }           \\
+            } else if (bias != NULL) {                                                              \\
+                for (ptrdiff_t i = 0; i < n; i++) { T v = s[i] + bias[i]; d[i] = FC_CLAMP(v); }     \\
+            } else {                                                                                \\
+                for (ptrdiff_t i = 0; i < n; i++) { T v = s[i]; d[i] = FC_CLAMP(v); }               \\
+            }                                                                                       \\
+        }                                                                                           \\
+    }
+    FC_FINISH(float, f)
+    FC_FINISH(double, d)
 
     /* Whether the CPU runs the x86-64-v4 clones (AVX-512 F/BW/DQ/VL): the grouped kernels'
        permutations are single instructions there, and emulated lane by lane elsewhere. */
@@ -285,79 +301,74 @@ cdef extern from *:
     """
     void fc_bcast8_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                      Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
-                     Py_ssize_t ldo) noexcept nogil
+                     Py_ssize_t ldo, const float* bias, int act) noexcept nogil
     void fc_bcast8_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                      Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
-                     Py_ssize_t ldo) noexcept nogil
+                     Py_ssize_t ldo, const double* bias, int act) noexcept nogil
     void fc_bcast1_f(const float* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
-                     Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out) noexcept nogil
+                     Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out, const float* bias,
+                     int act) noexcept nogil
     void fc_bcast1_d(const double* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
-                     Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out) noexcept nogil
-    void fc_eltw8_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
-                    Py_ssize_t nt, Py_ssize_t C, Py_ssize_t ldx, const float* w, Py_ssize_t ldw,
-                    float* out, Py_ssize_t ldo) noexcept nogil
-    void fc_eltw8_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
-                    Py_ssize_t nt, Py_ssize_t C, Py_ssize_t ldx, const double* w, Py_ssize_t ldw,
-                    double* out, Py_ssize_t ldo) noexcept nogil
+                     Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out, const double* bias,
+                     int act) noexcept nogil
     void fc_bcast1x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
-                       Py_ssize_t ldo) noexcept nogil
+                       Py_ssize_t ldo, const float* bias, int act) noexcept nogil
     void fc_bcast2x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
-                       Py_ssize_t ldo) noexcept nogil
+                       Py_ssize_t ldo, const float* bias, int act) noexcept nogil
     void fc_bcast3x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
-                       Py_ssize_t ldo) noexcept nogil
+                       Py_ssize_t ldo, const float* bias, int act) noexcept nogil
     void fc_bcast4x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
-                       Py_ssize_t ldo) noexcept nogil
+                       Py_ssize_t ldo, const float* bias, int act) noexcept nogil
     void fc_bcast5x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
-                       Py_ssize_t ldo) noexcept nogil
+                       Py_ssize_t ldo, const float* bias, int act) noexcept nogil
     void fc_bcast6x4_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const float* w, Py_ssize_t ldw, float* out,
-                       Py_ssize_t ldo) noexcept nogil
+                       Py_ssize_t ldo, const float* bias, int act) noexcept nogil
     void fc_bcast1x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
-                       Py_ssize_t ldo) noexcept nogil
+                       Py_ssize_t ldo, const double* bias, int act) noexcept nogil
     void fc_bcast2x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
-                       Py_ssize_t ldo) noexcept nogil
+                       Py_ssize_t ldo, const double* bias, int act) noexcept nogil
     void fc_bcast3x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
-                       Py_ssize_t ldo) noexcept nogil
+                       Py_ssize_t ldo, const double* bias, int act) noexcept nogil
     void fc_bcast4x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
-                       Py_ssize_t ldo) noexcept nogil
+                       Py_ssize_t ldo, const double* bias, int act) noexcept nogil
     void fc_bcast5x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
-                       Py_ssize_t ldo) noexcept nogil
+                       Py_ssize_t ldo, const double* bias, int act) noexcept nogil
     void fc_bcast6x4_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                        Py_ssize_t nt, Py_ssize_t C, const double* w, Py_ssize_t ldw, double* out,
-                       Py_ssize_t ldo) noexcept nogil
-    void fc_eltw1_f(const float* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
-                    Py_ssize_t C, Py_ssize_t ldx, const float* w, Py_ssize_t ldw, float* out) noexcept nogil
-    void fc_eltw1_d(const double* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
-                    Py_ssize_t C, Py_ssize_t ldx, const double* w, Py_ssize_t ldw, double* out) noexcept nogil
-
+                       Py_ssize_t ldo, const double* bias, int act) noexcept nogil
     void fc_grp1_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                    Py_ssize_t nt, Py_ssize_t Cg, int NS, const int32_t* idx, const float* w, Py_ssize_t ldw,
-                   float* out, Py_ssize_t ldo) noexcept nogil
+                   float* out, Py_ssize_t ldo, const float* bias, int act) noexcept nogil
     void fc_grp8_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                    Py_ssize_t nt, Py_ssize_t Cg, int NS, const int32_t* idx, const float* w, Py_ssize_t ldw,
-                   float* out, Py_ssize_t ldo) noexcept nogil
-    void fc_grp1_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
-                   Py_ssize_t nt, Py_ssize_t Cg, int NS, const int64_t* idx, const double* w, Py_ssize_t ldw,
-                   double* out, Py_ssize_t ldo) noexcept nogil
-    void fc_grp8_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
-                   Py_ssize_t nt, Py_ssize_t Cg, int NS, const int64_t* idx, const double* w, Py_ssize_t ldw,
-                   double* out, Py_ssize_t ldo) noexcept nogil
+                   float* out, Py_ssize_t ldo, const float* bias, int act) noexcept nogil
     void fc_grpw3_6_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                       Py_ssize_t nrow, Py_ssize_t Cg, const int32_t* idx, const float* w, Py_ssize_t ldw,
-                      float* out, Py_ssize_t ldo) noexcept nogil
+                      float* out, Py_ssize_t ldo, const float* bias, int act) noexcept nogil
+    void fc_grp1_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                   Py_ssize_t nt, Py_ssize_t Cg, int NS, const int64_t* idx, const double* w, Py_ssize_t ldw,
+                   double* out, Py_ssize_t ldo, const double* bias, int act) noexcept nogil
+    void fc_grp8_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                   Py_ssize_t nt, Py_ssize_t Cg, int NS, const int64_t* idx, const double* w, Py_ssize_t ldw,
+                   double* out, Py_ssize_t ldo, const double* bias, int act) noexcept nogil
     void fc_grpw3_6_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                       Py_ssize_t nrow, Py_ssize_t Cg, const int64_t* idx, const double* w, Py_ssize_t ldw,
-                      double* out, Py_ssize_t ldo) noexcept nogil
+                      double* out, Py_ssize_t ldo, const double* bias, int act) noexcept nogil
+    void fc_finish_f(float* dst, Py_ssize_t ldd, const float* src, Py_ssize_t lds, Py_ssize_t rows,
+                     Py_ssize_t n, const float* bias, int code) noexcept nogil
+    void fc_finish_d(double* dst, Py_ssize_t ldd, const double* src, Py_ssize_t lds, Py_ssize_t rows,
+                     Py_ssize_t n, const double* bias, int code) noexcept nogil
     int fc_has_avx512() noexcept nogil
 
 cdef enum:
@@ -369,97 +380,88 @@ cdef enum:
 MICRO_PIXELS = MICRO_P
 VECTOR_SIZE = VECTOR_BYTES
 
+# The wrappers below pass ``bias`` (the block's first channel of the bias, or NULL) and
+# ``act`` (0, 1 ReLU, 2 ReLU6) through to the micro-kernels (see FC_START / FC_PUT).
+
 cdef inline void _bcast8(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                          Py_ssize_t nt, Py_ssize_t C, const real* w, Py_ssize_t ldw, real* out,
-                         Py_ssize_t ldo) noexcept nogil:
+                         Py_ssize_t ldo, const real* bias, int act) noexcept nogil:
     if real is float:
-        fc_bcast8_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        fc_bcast8_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
     else:
-        fc_bcast8_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+        fc_bcast8_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
 
 
 cdef inline void _bcastx4(int P, const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                           Py_ssize_t nt, Py_ssize_t C, const real* w, Py_ssize_t ldw, real* out,
-                          Py_ssize_t ldo) noexcept nogil:
+                          Py_ssize_t ldo, const real* bias, int act) noexcept nogil:
     """The 4-vector micro-kernel on P = 1..6 pixels."""
     if real is float:
-        if P == 6:
-            fc_bcast6x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
-        elif P == 5:
-            fc_bcast5x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
-        elif P == 4:
-            fc_bcast4x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
-        elif P == 3:
-            fc_bcast3x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
-        elif P == 2:
-            fc_bcast2x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
-        else:
-            fc_bcast1x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+            if P == 6:
+                fc_bcast6x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
+            elif P == 5:
+                fc_bcast5x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
+            elif P == 4:
+                fc_bcast4x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
+            elif P == 3:
+                fc_bcast3x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
+            elif P == 2:
+                fc_bcast2x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
+            else:
+                fc_bcast1x4_f(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
     else:
-        if P == 6:
-            fc_bcast6x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
-        elif P == 5:
-            fc_bcast5x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
-        elif P == 4:
-            fc_bcast4x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
-        elif P == 3:
-            fc_bcast3x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
-        elif P == 2:
-            fc_bcast2x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
-        else:
-            fc_bcast1x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo)
+            if P == 6:
+                fc_bcast6x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
+            elif P == 5:
+                fc_bcast5x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
+            elif P == 4:
+                fc_bcast4x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
+            elif P == 3:
+                fc_bcast3x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
+            elif P == 2:
+                fc_bcast2x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
+            else:
+                fc_bcast1x4_d(x, ps, xoff, woff, nt, C, w, ldw, out, ldo, bias, act)
 
 
 cdef inline void _bcast1(const real* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
-                         Py_ssize_t C, const real* w, Py_ssize_t ldw, real* out) noexcept nogil:
+                         Py_ssize_t C, const real* w, Py_ssize_t ldw, real* out, const real* bias, int act) noexcept nogil:
     if real is float:
-        fc_bcast1_f(x, xoff, woff, nt, C, w, ldw, out)
+        fc_bcast1_f(x, xoff, woff, nt, C, w, ldw, out, bias, act)
     else:
-        fc_bcast1_d(x, xoff, woff, nt, C, w, ldw, out)
-
-
-cdef inline void _eltw8(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
-                        Py_ssize_t nt, Py_ssize_t C, Py_ssize_t ldx, const real* w, Py_ssize_t ldw,
-                        real* out, Py_ssize_t ldo) noexcept nogil:
-    if real is float:
-        fc_eltw8_f(x, ps, xoff, woff, nt, C, ldx, w, ldw, out, ldo)
-    else:
-        fc_eltw8_d(x, ps, xoff, woff, nt, C, ldx, w, ldw, out, ldo)
-
-
-cdef inline void _eltw1(const real* x, const Py_ssize_t* xoff, const Py_ssize_t* woff, Py_ssize_t nt,
-                        Py_ssize_t C, Py_ssize_t ldx, const real* w, Py_ssize_t ldw, real* out) noexcept nogil:
-    if real is float:
-        fc_eltw1_f(x, xoff, woff, nt, C, ldx, w, ldw, out)
-    else:
-        fc_eltw1_d(x, xoff, woff, nt, C, ldx, w, ldw, out)
+        fc_bcast1_d(x, xoff, woff, nt, C, w, ldw, out, bias, act)
 
 
 cdef inline void _grp(int P, const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                       Py_ssize_t nt, Py_ssize_t Cg, int NS, const void* idx, const real* w, Py_ssize_t ldw,
-                      real* out, Py_ssize_t ldo) noexcept nogil:
+                      real* out, Py_ssize_t ldo, const real* bias, int act) noexcept nogil:
     """The grouped (permuting) micro-kernel on P = 8 or 1 pixels; ``idx`` holds Cg index
     vectors of int32 (float) or int64 (double)."""
     if real is float:
         if P == 8:
-            fc_grp8_f(x, ps, xoff, woff, nt, Cg, NS, <const int32_t*>idx, w, ldw, out, ldo)
+            fc_grp8_f(x, ps, xoff, woff, nt, Cg, NS, <const int32_t*>idx, w, ldw, out, ldo, bias, act)
         else:
-            fc_grp1_f(x, ps, xoff, woff, nt, Cg, NS, <const int32_t*>idx, w, ldw, out, ldo)
+            fc_grp1_f(x, ps, xoff, woff, nt, Cg, NS, <const int32_t*>idx, w, ldw, out, ldo, bias, act)
     else:
         if P == 8:
-            fc_grp8_d(x, ps, xoff, woff, nt, Cg, NS, <const int64_t*>idx, w, ldw, out, ldo)
+            fc_grp8_d(x, ps, xoff, woff, nt, Cg, NS, <const int64_t*>idx, w, ldw, out, ldo, bias, act)
         else:
-            fc_grp1_d(x, ps, xoff, woff, nt, Cg, NS, <const int64_t*>idx, w, ldw, out, ldo)
+            fc_grp1_d(x, ps, xoff, woff, nt, Cg, NS, <const int64_t*>idx, w, ldw, out, ldo, bias, act)
 
 
 cdef inline void _grpw3(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                         Py_ssize_t nrow, Py_ssize_t Cg, const void* idx, const real* w, Py_ssize_t ldw,
-                        real* out, Py_ssize_t ldo) noexcept nogil:
+                        real* out, Py_ssize_t ldo, const real* bias, int act) noexcept nogil:
     """The grouped micro-kernel sharing permutations along a row of 3 taps, on GRP_P pixels."""
     if real is float:
-        fc_grpw3_6_f(x, ps, xoff, woff, nrow, Cg, <const int32_t*>idx, w, ldw, out, ldo)
+        fc_grpw3_6_f(x, ps, xoff, woff, nrow, Cg, <const int32_t*>idx, w, ldw, out, ldo, bias, act)
     else:
-        fc_grpw3_6_d(x, ps, xoff, woff, nrow, Cg, <const int64_t*>idx, w, ldw, out, ldo)
+        fc_grpw3_6_d(x, ps, xoff, woff, nrow, Cg, <const int64_t*>idx, w, ldw, out, ldo, bias, act)
+
+
+cdef inline const real* _at(const real* bias, Py_ssize_t f) noexcept nogil:
+    """``bias + f``, or NULL without bias."""
+    return bias + f if bias != NULL else NULL
 
 
 #: Whether the CPU has AVX-512 (the grouped micro-kernel's permutations are one instruction).
@@ -565,38 +567,29 @@ cdef double _act(double v, int code) noexcept nogil:
     return v
 
 
+cdef inline void _finish(real* dst, Py_ssize_t ldd, const real* src, Py_ssize_t lds, Py_ssize_t rows,
+                         Py_ssize_t n, const real* bias, int code) noexcept nogil:
+    """``dst[r, :n] = act(src[r, :n] + bias[:n])`` for ``rows`` rows of pitches ``ldd``, ``lds``
+    (``dst`` may be ``src``; ``bias`` may be NULL).  No activation, ReLU and ReLU6 run in the
+    data's precision in one vectorised pass (``fc_finish``); the rest in double."""
+    cdef Py_ssize_t r, i
+    cdef real* d
+    if dst == src and bias == NULL and code == 0:
+        return
+    if real is float:
+        fc_finish_f(dst, ldd, src, lds, rows, n, bias, code if code <= 2 else 0)
+    else:
+        fc_finish_d(dst, ldd, src, lds, rows, n, bias, code if code <= 2 else 0)
+    if code > 2:
+        for r in range(rows):
+            d = dst + r * ldd
+            for i in range(n):
+                d[i] = <real>_act(d[i], code)
+
+
 cdef inline void _finish_row(real* dst, const real* src, Py_ssize_t n, const real* bias, int code) noexcept nogil:
-    """``dst[:n] = act(src[:n] + bias[:n])`` (``dst`` may be ``src``; ``bias`` may be NULL).
-    ReLU and ReLU6 run in the data's precision in one vectorisable pass; the rest in double."""
-    cdef Py_ssize_t i
-    cdef real v, top
-    if code == 1 or code == 2:
-        top = 6
-        for i in range(n):
-            v = src[i] + bias[i] if bias != NULL else src[i]
-            v = 0 if v < 0 else v
-            if code == 2:
-                v = top if v > top else v
-            dst[i] = v
-        return
-    if bias != NULL:
-        for i in range(n):
-            dst[i] = src[i] + bias[i]
-    elif dst != src:
-        memcpy(dst, src, n * sizeof(real))
-    if code > 0:
-        for i in range(n):
-            dst[i] = <real>_act(dst[i], code)
-
-
-cdef inline void _finish(real* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t cols, const real* bias,
-                         int code) noexcept nogil:
-    """Epilogue in place on a (rows, cols) block with row pitch ``ld``."""
-    cdef Py_ssize_t r
-    if bias == NULL and code == 0:
-        return
-    for r in range(rows):
-        _finish_row(y + r * ld, y + r * ld, cols, bias, code)
+    """One row of :func:`_finish`."""
+    _finish(dst, n, src, n, 1, n, bias, code)
 
 
 # ---------------------------------------------------------------- jobs
@@ -775,7 +768,7 @@ def gemm_conv(const real[:, :, :, :, ::1] x, const real[::1] wbuf, real[:, :, :,
                         _gemm(<int>mt, <int>Fg, <int>(K * Cg), a + (g - g0) * rowlen, <int>lda,
                               wp + J.woff + g * Fg, <int>F, out + g * Fg - f0, <int>ldc)
             if J.inplace:
-                _finish(out, ldc, mt, f1 - f0, bp + f0 if bp != NULL else NULL, code)
+                _finish(out, ldc, out, ldc, mt, f1 - f0, bp + f0 if bp != NULL else NULL, code)
             else:
                 _store(out, ldc, yp, F, &J, m0, mt, f0, f1, YD, YH, YW, bp, code)
 
@@ -788,18 +781,19 @@ def gemm_conv(const real[:, :, :, :, ::1] x, const real[::1] wbuf, real[:, :, :,
 #      channel; for a permuting block, where its NS vectors of inputs are loaded)
 #   1  0: the block's channels all belong to one group (every convolution with groups = 1):
 #      each input value is broadcast against a vector of weights;
-#      1: it spans several groups: the grouped micro-kernel permutes the input vectors
-#      (index vectors ``idx[b, c]``)
+#      1: the grouped micro-kernel permutes the input vectors (index vectors ``idx[b, c]``);
+#      blocks spanning several groups need it, and then every block uses it (``tile_outer``)
 #   2  1 if blocks b .. b + 3 form one 4-vector block of one group (the 6 x 4 micro-kernel)
 
 cdef inline void _single(const real* x, Py_ssize_t o, Py_ssize_t sw, Py_ssize_t pw, Py_ssize_t dw,
                          Py_ssize_t W, Py_ssize_t C, Py_ssize_t Cg, Py_ssize_t KW, Py_ssize_t nrow,
                          const Py_ssize_t* rowoff, const Py_ssize_t* rowtap, Py_ssize_t* xoff1,
                          Py_ssize_t* woff1, const real* w, Py_ssize_t Fp, Py_ssize_t width, real* out,
-                         Py_ssize_t VL, Py_ssize_t kind, int NS, const void* idx) noexcept nogil:
+                         Py_ssize_t VL, Py_ssize_t kind, int NS, const void* idx, const real* bias,
+                         int act) noexcept nogil:
     """One output pixel (near a border: its own list of taps inside the input), ``width``
     output channels from ``w``'s first column into ``out`` (``x`` points at the block's
-    first input channel)."""
+    first input channel; ``bias``, ``act``: see the micro-kernels)."""
     cdef Py_ssize_t r, kw, i_w, v, nt1 = 0
     for r in range(nrow):
         for kw in range(KW):
@@ -809,10 +803,10 @@ cdef inline void _single(const real* x, Py_ssize_t o, Py_ssize_t sw, Py_ssize_t 
                 woff1[nt1] = (rowtap[r] + kw) * Cg * Fp
                 nt1 = nt1 + 1
     if kind == 1:
-        _grp(1, x, 0, xoff1, woff1, nt1, Cg, NS, idx, w, Fp, out, 0)
+        _grp(1, x, 0, xoff1, woff1, nt1, Cg, NS, idx, w, Fp, out, 0, bias, act)
         return
     for v in range(width // VL):
-        _bcast1(x, xoff1, woff1, nt1, Cg, w + v * VL, Fp, out + v * VL)
+        _bcast1(x, xoff1, woff1, nt1, Cg, w + v * VL, Fp, out + v * VL, _at(bias, v * VL), act)
 
 
 cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
@@ -829,8 +823,9 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
     row run over all taps at once (4 vectors: the last block is shorter; 1 vector: a block
     that would overrun the inside part is moved back to end there, recomputing a few
     pixels identically); pixels whose window crosses the
-    left/right border run one at a time over their own taps.  The run's outputs gather in
-    ``obuf`` (run_max x Fp, in L1/L2) and get the epilogue on their way to ``y``."""
+    left/right border run one at a time over their own taps.  The run's outputs go to ``y``
+    (in place) when it has no padded channels, else they gather in ``obuf`` (run_max x Fp,
+    in L1/L2); the epilogue runs on them while they are in cache."""
     cdef Py_ssize_t KD = J.k[0], KH = J.k[1], KW = J.k[2], K = KD * KH * KW
     cdef Py_ssize_t* xoff = ibuf
     cdef Py_ssize_t* woff = ibuf + K
@@ -843,6 +838,12 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
     cdef Py_ssize_t ow_lo, ow_hi, b, kind
     # grouped tiles share each permuted input column between the 3 taps of a kernel row
     cdef bint slide = tile_outer and KW == 3 and sw == 1 and dw == 1 and NS == 1
+    cdef bint into_y = J.inplace and F == Fp
+    # writing into y, the micro-kernels also add the bias and apply ReLU / ReLU6 (kb, act);
+    # other activations still get a pass over the run while it is in cache
+    cdef const real* kb = bias if into_y else NULL
+    cdef int act = code if into_y and code <= 2 else 0
+    cdef real* ob
     cdef const real* xb
     cdef const void* ib
     # output columns whose whole window row is inside the input: [ow_lo, ow_hi)
@@ -884,6 +885,9 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
                 woff[nt] = (rowtap[r] + kw) * Cg * Fp
                 nt = nt + 1
         e = ow_hi if ow_hi < ow + run else ow + run   # end of the inside pixels of this run
+        # the micro-kernels store the run's outputs straight into y where its rows are the run's
+        # pixels (their stores then overlap the arithmetic), else into obuf
+        ob = y + m * F if into_y else obuf
         if tile_outer:
             # Grouped layers (every block permuting): each pixel tile runs through every block
             # before the next tile, so that the tile's inputs (its pixels' whole channel rows)
@@ -900,15 +904,16 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
                         xb = x + blk[3 * b] + (o * sw - pw) * C
                         if slide:
                             _grpw3(xb, C, xoff, woff, nrow, Cg, idx + b * Cg * 64, w + b * VL, Fp,
-                                   obuf + (o - ow) * Fp + b * VL, Fp)
+                                   ob + (o - ow) * Fp + b * VL, Fp, _at(kb, b * VL), act)
                         else:
                             _grp(8, xb, sw * C, xoff, woff, nt, Cg, NS, idx + b * Cg * 64, w + b * VL, Fp,
-                                 obuf + (o - ow) * Fp + b * VL, Fp)
+                                 ob + (o - ow) * Fp + b * VL, Fp, _at(kb, b * VL), act)
                     jj = o + P - ow
                 else:
                     for b in range(Fp // VL):
                         _single(x + blk[3 * b], o, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, xoff1, woff1,
-                                w + b * VL, Fp, VL, obuf + jj * Fp + b * VL, VL, 1, NS, idx + b * Cg * 64)
+                                w + b * VL, Fp, VL, ob + jj * Fp + b * VL, VL, 1, NS, idx + b * Cg * 64,
+                                _at(kb, b * VL), act)
                     jj = jj + 1
         fc = Fp if tile_outer else 0
         while fc < Fp:
@@ -929,26 +934,28 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
                     # 4 vectors: blocks of 6 pixels, the last one shorter
                     q = e - o if e - o < 6 else 6
                     _bcastx4(<int>q, xb + (o * sw - pw) * C, sw * C, xoff, woff, nt, Cg, w + fc, Fp,
-                             obuf + jj * Fp + fc, Fp)
+                             ob + jj * Fp + fc, Fp, _at(kb, fc), act)
                     jj = jj + q
                 elif P != 6 and o >= ow_lo and o < e and e - ow_lo >= P and e - ow >= P:
                     if o + P > e:
                         o = e - P   # move the block back to end at the last inside pixel
                     if kind == 1:
                         _grp(8, xb + (o * sw - pw) * C, sw * C, xoff, woff, nt, Cg, NS, ib, w + fc, Fp,
-                             obuf + (o - ow) * Fp + fc, Fp)
+                             ob + (o - ow) * Fp + fc, Fp, _at(kb, fc), act)
                     else:
                         _bcast8(xb + (o * sw - pw) * C, sw * C, xoff, woff, nt, Cg, w + fc, Fp,
-                                obuf + (o - ow) * Fp + fc, Fp)
+                                ob + (o - ow) * Fp + fc, Fp, _at(kb, fc), act)
                     jj = o + P - ow
                 else:
                     _single(xb, o, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, xoff1, woff1, w + fc, Fp,
-                            width, obuf + jj * Fp + fc, VL, kind, NS, ib)
+                            width, ob + jj * Fp + fc, VL, kind, NS, ib, _at(kb, fc), act)
                     jj = jj + 1
             fc = fc + width
-        if J.inplace:
-            for r in range(run):
-                _finish_row(y + (m + r) * F, obuf + r * Fp, F, bias, code)
+        if into_y:
+            if code > 2:
+                _finish(y + m * F, F, y + m * F, F, run, F, NULL, code)
+        elif J.inplace:
+            _finish(y + m * F, F, obuf, Fp, run, F, bias, code)
         else:
             for r in range(run):
                 ypix = _y_pixel(J, m + r, YD, YH, YW)
