@@ -838,7 +838,11 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
     cdef Py_ssize_t ow_lo, ow_hi, b, kind
     # grouped tiles share each permuted input column between the 3 taps of a kernel row
     cdef bint slide = tile_outer and KW == 3 and sw == 1 and dw == 1 and NS == 1
-    cdef bint into_y = J.inplace and F == Fp
+    # without padded channels the micro-kernels store straight into y, the run's pixels ldo
+    # apart (consecutive rows of y for a forward convolution, every ys[2]-th for a phase of a
+    # transposed one): their stores then overlap the arithmetic; else into obuf, ldo = Fp apart
+    cdef bint into_y = F == Fp
+    cdef Py_ssize_t ldo = F * J.ys[2] if into_y else Fp
     # writing into y, the micro-kernels also add the bias and apply ReLU / ReLU6 (kb, act);
     # other activations still get a pass over the run while it is in cache
     cdef const real* kb = bias if into_y else NULL
@@ -885,9 +889,7 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
                 woff[nt] = (rowtap[r] + kw) * Cg * Fp
                 nt = nt + 1
         e = ow_hi if ow_hi < ow + run else ow + run   # end of the inside pixels of this run
-        # the micro-kernels store the run's outputs straight into y where its rows are the run's
-        # pixels (their stores then overlap the arithmetic), else into obuf
-        ob = y + m * F if into_y else obuf
+        ob = y + _y_pixel(J, m, YD, YH, YW) * F if into_y else obuf
         if tile_outer:
             # Grouped layers (every block permuting): each pixel tile runs through every block
             # before the next tile, so that the tile's inputs (its pixels' whole channel rows)
@@ -904,15 +906,15 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
                         xb = x + blk[3 * b] + (o * sw - pw) * C
                         if slide:
                             _grpw3(xb, C, xoff, woff, nrow, Cg, idx + b * Cg * 64, w + b * VL, Fp,
-                                   ob + (o - ow) * Fp + b * VL, Fp, _at(kb, b * VL), act)
+                                   ob + (o - ow) * ldo + b * VL, ldo, _at(kb, b * VL), act)
                         else:
                             _grp(8, xb, sw * C, xoff, woff, nt, Cg, NS, idx + b * Cg * 64, w + b * VL, Fp,
-                                 ob + (o - ow) * Fp + b * VL, Fp, _at(kb, b * VL), act)
+                                 ob + (o - ow) * ldo + b * VL, ldo, _at(kb, b * VL), act)
                     jj = o + P - ow
                 else:
                     for b in range(Fp // VL):
                         _single(x + blk[3 * b], o, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, xoff1, woff1,
-                                w + b * VL, Fp, VL, ob + jj * Fp + b * VL, VL, 1, NS, idx + b * Cg * 64,
+                                w + b * VL, Fp, VL, ob + jj * ldo + b * VL, VL, 1, NS, idx + b * Cg * 64,
                                 _at(kb, b * VL), act)
                     jj = jj + 1
         fc = Fp if tile_outer else 0
@@ -934,26 +936,26 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
                     # 4 vectors: blocks of 6 pixels, the last one shorter
                     q = e - o if e - o < 6 else 6
                     _bcastx4(<int>q, xb + (o * sw - pw) * C, sw * C, xoff, woff, nt, Cg, w + fc, Fp,
-                             ob + jj * Fp + fc, Fp, _at(kb, fc), act)
+                             ob + jj * ldo + fc, ldo, _at(kb, fc), act)
                     jj = jj + q
                 elif P != 6 and o >= ow_lo and o < e and e - ow_lo >= P and e - ow >= P:
                     if o + P > e:
                         o = e - P   # move the block back to end at the last inside pixel
                     if kind == 1:
                         _grp(8, xb + (o * sw - pw) * C, sw * C, xoff, woff, nt, Cg, NS, ib, w + fc, Fp,
-                             ob + (o - ow) * Fp + fc, Fp, _at(kb, fc), act)
+                             ob + (o - ow) * ldo + fc, ldo, _at(kb, fc), act)
                     else:
                         _bcast8(xb + (o * sw - pw) * C, sw * C, xoff, woff, nt, Cg, w + fc, Fp,
-                                ob + (o - ow) * Fp + fc, Fp, _at(kb, fc), act)
+                                ob + (o - ow) * ldo + fc, ldo, _at(kb, fc), act)
                     jj = o + P - ow
                 else:
                     _single(xb, o, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, xoff1, woff1, w + fc, Fp,
-                            width, ob + jj * Fp + fc, VL, kind, NS, ib, _at(kb, fc), act)
+                            width, ob + jj * ldo + fc, VL, kind, NS, ib, _at(kb, fc), act)
                     jj = jj + 1
             fc = fc + width
         if into_y:
             if code > 2:
-                _finish(y + m * F, F, y + m * F, F, run, F, NULL, code)
+                _finish(ob, ldo, ob, ldo, run, F, NULL, code)
         elif J.inplace:
             _finish(y + m * F, F, obuf, Fp, run, F, bias, code)
         else:
