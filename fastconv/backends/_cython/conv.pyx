@@ -27,7 +27,8 @@ cols  meaning
 A job's weights are the Keras kernel reshaped, (KD * KH * KW * Cg, F) row-major:
 row ``tap * Cg + c``.  ``tasks`` rows are (job, first pixel, pixels, f0, f1).
 Bias and activation are applied to each task's output while it is in cache
-(the *epilogue*); ``code`` numbers the activation (see ``ACT_CODES`` in the driver).
+(the *epilogue*; the direct micro-kernels do bias, ReLU and ReLU6 themselves where
+they write into ``y``); ``code`` numbers the activation (see ``ACT_CODES`` in the driver).
 """
 
 from cython.parallel cimport prange, threadid
@@ -44,8 +45,8 @@ ctypedef fused real:
 # ---------------------------------------------------------------- micro-kernels (C)
 # The direct kernels' inner loops are written with GCC vector types: one vector is
 # 64 bytes (16 floats / 8 doubles, one AVX-512 register), and a micro-tile keeps
-# 8 output pixels x 1 vector of output channels in registers while it runs over
-# taps x input channels.  They are compiled for x86-64-v4 (AVX-512), -v3 (AVX2+FMA)
+# 6 output pixels x 4 vectors, or 8 (6 grouped) pixels x 1 vector of output channels
+# in registers while it runs over taps x input channels.  They are compiled for x86-64-v4 (AVX-512), -v3 (AVX2+FMA)
 # and baseline, picked at load time (``target_clones``), so the module runs on any
 # x86-64 while using the wide units where present; other compilers/platforms get
 # the baseline build only.
