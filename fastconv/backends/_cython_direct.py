@@ -1,9 +1,12 @@
-"""Cython backend, direct kernels: ``depthwise_conv``, ``global_max_pool`` and ``global_avg_pool``.
+"""Cython backend, direct kernels: ``depthwise_conv`` and the pools.
 
-The loops are in ``_cython/direct.pyx``; this module prepares their operands
-(kernel and bias reordered so that channels are contiguous for each depth
-multiplier), sizes the work split, and applies the activations the kernels do
-not fuse.
+The loops are in ``_cython/direct.pyx`` (depthwise convolution) and
+``_cython/pool.pyx`` (window and global pooling); this module prepares their
+operands (kernel and bias reordered so that channels are contiguous for each
+depth multiplier, padded to whole vectors), sizes the work split, applies the
+activations the kernels do not fuse, and describes the algorithms
+(:func:`describe`).  ``max_pool`` and ``avg_pool`` are driven from
+``fastconv.backends.cython``.
 """
 
 import math
@@ -13,21 +16,94 @@ import numpy as np
 from .. import activations
 from .._threads import get_num_threads
 from ._cython import direct as _direct
+from ._cython import pool as _pool
 
 OPS = frozenset({"depthwise_conv", "global_max_pool", "global_avg_pool"})
+
+
+def set_isa(name=None):
+    """Run the direct and pooling kernels at instruction-set level ``name`` ("avx512", "avx2",
+    "baseline"; at most the detected one), or at the detected level again (``None``).  For
+    tests: every level's kernels can then be checked on one machine."""
+    _direct.set_isa(name)
+    _pool.set_isa(name)
+
+
+def describe(op, *args):
+    """A one-line description of how this backend computes kernel-contract ``op`` with the
+    contract arguments ``args`` (for :func:`fastconv.explain`).
+
+    >>> import numpy as np
+    >>> x = np.zeros((1, 1, 56, 56, 256), np.float32)
+    >>> describe("avg_pool", x, (1, 3, 3), (1, 1, 1), ((0, 0), (1, 1), (1, 1)), (1, 56, 56))  # doctest: +ELLIPSIS
+    'Cython avg_pool: separable window (vertical pass shared by overlapping windows, then horizontal)...'
+    """
+    x = args[0]
+    isa = _direct.isa()
+    if op == "depthwise_conv":
+        w, strides, dilation = args[1], args[3], args[4]
+        vl = _direct.block_channels(x.itemsize)
+        kw, sw, dw = w.shape[2], strides[2], dilation[2]
+        rows = (f"{kw}-wide stride-{sw} kernel rows loading each input vector once for all its taps"
+                if dw == 1 and sw in (1, 2) and kw in (3, 5) else "a generic loop over taps")
+        return (f"Cython depthwise_conv: register tiles of 2 output rows x {_direct.tile_pixels()} pixels x "
+                f"{vl} channels ({isa} vectors) over zero-padded packed input rows, {rows}; "
+                "bias and piecewise-linear activations fused")
+    if op in ("max_pool", "avg_pool"):
+        pool, strides, out_shape = args[1], args[2], args[4]
+        how = ("vertical pass shared by overlapping windows, then horizontal"
+               if _pool.separable(pool[2], strides[2], out_shape[2]) else "each column reduced on the fly")
+        what = "max (NaN propagates)" if op == "max_pool" else "sum times 1/count of real elements"
+        return (f"Cython {op}: separable window ({how}), {what}; blocks of channel vectors in registers "
+                f"({isa}), output rows split between threads")
+    if op in ("global_max_pool", "global_avg_pool"):
+        what = "max (NaN propagates)" if op == "global_max_pool" else "sum divided by the pixel count"
+        return (f"Cython {op}: {what} over fixed ~{_GLOBAL_CHUNK_BYTES >> 10} KiB chunks of pixels in parallel, "
+                f"partials combined in order; blocks of channel vectors in registers ({isa})")
+    raise ValueError(f"{op!r} is not a direct kernel of the Cython backend")
 
 # Below this much work (multiply-adds, or elements read) one thread does the op:
 # starting the OpenMP team costs a few microseconds, more than small ops save.
 _PARALLEL_MIN_WORK = 1 << 15
-# With fewer (output rows x channel blocks) than this, depthwise rows are split along W
-# into segments of at least _SEGMENT_PIXELS output pixels (4 tiles of 8), so that a few
-# long rows still give every thread work.
-_MIN_ROW_JOBS = 16
-_SEGMENT_PIXELS = 32
+# A depthwise job packs the input rows of at most this many output columns (a row buffer of
+# ~16 KiB per channel block with 64-byte vectors)...
+_MAX_SEGMENT = 256
+# ...and of as many channel blocks as keep its ring of packed rows within this many bytes
+# (in L2 with the rows of x and y it streams through)
+_RING_BYTES = 256 << 10
+# Jobs per thread wanted before an image's rows are split into bands (each band packs again
+# the KH - 1 input rows it shares with the next, so bands have at least _MIN_BAND_ROWS rows),
+# and then its channel blocks into more groups.
+_JOBS_PER_THREAD = 4
+_MIN_BAND_ROWS = 4
 
 
 def _threads(work):
     return get_num_threads() if work >= _PARALLEL_MIN_WORK else 1
+
+
+def _split(x_shape, out_shape, ksize, strides, dilation, nblk, vec_bytes, pixels, threads):
+    """Output rows per band, output columns per segment and channel blocks per group of the
+    depthwise jobs.  Any split gives the same results: every output element is computed the
+    same way in every job."""
+    n = x_shape[0]
+    od, oh, ow = out_shape
+    nseg = -(-ow // _MAX_SEGMENT)
+    seg = -(-(-(-ow // nseg)) // pixels) * pixels
+    # the ring: KD x (sh + (KH - 1) * dh + 1) rows of packed pixels per channel block
+    npk = (seg - 1) * strides[2] + (ksize[2] - 1) * dilation[2] + 1
+    slot = ksize[0] * (strides[1] + (ksize[1] - 1) * dilation[1] + 1) * npk * vec_bytes
+    group = max(1, min(nblk, _RING_BYTES // slot))
+    ngroup = -(-nblk // group)
+    nband = 1
+    want = _JOBS_PER_THREAD * threads if threads > 1 else 1
+    base = n * od * nseg * ngroup
+    if base < want:
+        nband = max(1, min(-(-want // base), oh // _MIN_BAND_ROWS))
+    if base * nband < want:
+        ngroup = min(nblk, -(-want // (n * od * nseg * nband)))
+        group = -(-nblk // ngroup)
+    return -(-oh // nband), seg, group
 
 
 def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
@@ -37,20 +113,22 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
     y = np.empty((n,) + tuple(out_shape) + (c * m,), x.dtype)
     if y.size == 0:
         return y
-    # (taps, C, M) -> (taps, M, C): the kernel reads C contiguous weights per multiplier
-    wt = np.ascontiguousarray(w.reshape(taps, c, m).transpose(0, 2, 1))
-    bias = np.zeros((m, c), x.dtype) if b is None else np.ascontiguousarray(b.reshape(c, m).T)
+    vl = _direct.block_channels(x.itemsize)
+    cp = -(-c // vl) * vl
+    # (taps, C, M) -> (taps, M, Cp): the kernel reads whole vectors of C weights per multiplier,
+    # the channels past C zero
+    wt = np.zeros((taps, m, cp), x.dtype)
+    wt[:, :, :c] = w.reshape(taps, c, m).transpose(0, 2, 1)
+    bias = np.zeros((m, cp), x.dtype)
+    if b is not None:
+        bias[:, :c] = b.reshape(c, m).T
     fused = activation in _direct.ACTIVATIONS
     threads = _threads(y.size * taps)
-    # Rows are split along W when an image has few rows x channel blocks (one image of a
-    # 1-D op): into segments of about _SEGMENT_PIXELS (set by the shapes alone, never by the
-    # thread count: a segment's ends decide which pixels go through the tile kernel, whose
-    # rounding may differ from the per-pixel loop's, and results must not depend on threads).
-    ow = out_shape[2]
-    row_jobs = n * out_shape[0] * out_shape[1] * -(-c // _direct.BLOCK_CHANNELS[x.itemsize])
-    seg = ow if row_jobs >= _MIN_ROW_JOBS else max(_SEGMENT_PIXELS, -(-ow // -(-_MIN_ROW_JOBS // row_jobs)))
+    band, seg, group = _split(x.shape, out_shape, w.shape[:3], strides, dilation, cp // vl, vl * x.itemsize,
+                              _direct.tile_pixels(), threads)
     _direct.depthwise(x, wt, bias, y, tuple(strides), tuple(dilation), tuple(p[0] for p in pads),
-                      tuple(w.shape[:3]), _direct.ACTIVATIONS[activation if fused else None], seg, threads)
+                      tuple(w.shape[:3]), _direct.ACTIVATIONS[activation if fused else None], band, seg,
+                      group, threads)
     if not fused:
         # other elementwise activations (exp, tanh, erf, ...): one NumPy pass over the output
         y = activations.apply(activation, y)
@@ -58,7 +136,7 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
 
 
 # Global pooling reduces chunks of about this many bytes of one image in parallel (an
-# L1d-sized piece that the kernel reads once per 64-channel block), then combines them.
+# L1d-sized piece that the kernel reads once per block of channels), then combines them.
 _GLOBAL_CHUNK_BYTES = 32 << 10
 
 
@@ -71,7 +149,7 @@ def _global(x, is_max):
     chunk = max(1, _GLOBAL_CHUNK_BYTES // (c * x.itemsize))
     k = -(-p // chunk)
     part = np.empty((n, k, c), x.dtype)
-    _direct.global_pool(x.reshape(n, p, c), part, y, is_max, _threads(x.size))
+    _pool.global_pool(x.reshape(n, p, c), part, y, is_max, _threads(x.size))
     return y
 
 

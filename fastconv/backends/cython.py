@@ -28,13 +28,21 @@ def _out(x, out_shape):
     return np.empty((x.shape[0],) + tuple(out_shape) + (x.shape[-1],), dtype=x.dtype)
 
 
+# Below this many window elements one thread pools (the OpenMP team costs more than it saves).
+_POOL_PARALLEL_MIN = 1 << 15
+
+
+def _pool_threads(y, pool):
+    return get_num_threads() if y.size * pool[0] * pool[1] * pool[2] >= _POOL_PARALLEL_MIN else 1
+
+
 def max_pool(x, pool, strides, pads, out_shape):
     y = _out(x, out_shape)
-    _pool.max_pool(x, y, tuple(pool), tuple(strides), tuple(p[0] for p in pads), get_num_threads())
+    _pool.max_pool(x, y, tuple(pool), tuple(strides), tuple(p[0] for p in pads), _pool_threads(y, pool))
     return y
 
 
 def avg_pool(x, pool, strides, pads, out_shape):
     y = _out(x, out_shape)
-    _pool.avg_pool(x, y, tuple(pool), tuple(strides), tuple(p[0] for p in pads), get_num_threads())
+    _pool.avg_pool(x, y, tuple(pool), tuple(strides), tuple(p[0] for p in pads), _pool_threads(y, pool))
     return y
