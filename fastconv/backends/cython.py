@@ -46,3 +46,23 @@ def avg_pool(x, pool, strides, pads, out_shape):
     y = _out(x, out_shape)
     _pool.avg_pool(x, y, tuple(pool), tuple(strides), tuple(p[0] for p in pads), _pool_threads(y, pool))
     return y
+
+
+def algorithm(op, *args):
+    """How this backend computes kernel-contract ``op`` for these contract ``args``
+    (a one-line description, for :func:`fastconv.explain`)."""
+    if op == "conv":
+        x, w, _, strides, dilation, pads, groups, out_shape = args[:8]
+        name = _cython_conv.choose_algorithm(x.shape, w.shape, tuple(strides), tuple(dilation), groups,
+                                             tuple(tuple(p) for p in pads), tuple(out_shape))
+        return f"Cython {name}: {_cython_conv.describe(name)}"
+    if op == "conv_transpose":
+        x, w, _, strides, dilation, before, out_shape = args[:7]
+        plan = _cython_conv._transpose_plan(x.shape, w.shape, tuple(strides), tuple(dilation), tuple(before),
+                                            tuple(out_shape), x.dtype.str)
+        engine = ("direct register-tiled" if plan.engine == "direct"
+                  else "GEMM (SciPy BLAS on packed tiles of patches)")
+        phases = int(np.prod(strides))
+        return (f"Cython: {phases} output phase(s), each a stride-1 convolution with its subset of the taps, "
+                f"in one parallel loop of the {engine} engine, each written to its strided slice of the output")
+    return _cython_direct.describe(op, *args)
