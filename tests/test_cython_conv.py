@@ -326,3 +326,15 @@ def test_public_ops_use_it():
     kt = rng.standard_normal((4, 3, 4)).astype(np.float32)
     assert_close(fastconv.conv1d_transpose(xt, kt, strides=3, padding="same", backend="cython"),
                  fastconv.conv1d_transpose(xt, kt, strides=3, padding="same", backend="reference"))
+
+
+def test_cached_plans_hold_no_weights():
+    # the per-geometry plans are reused: a second call with the same shapes and other
+    # weights (forward and transposed, both engines' weight layouts) gets its own result
+    for seed in (10, 11):
+        x, w, b = _arrays((1, 1, 9, 10, 8), (1, 3, 3, 8, 20), np.float32, seed=seed)
+        args = ((1, 1, 1), (1, 1, 1), (P0, P1, P1), 1, (1, 9, 10), "relu")
+        assert_close(C.conv(x, w, b, *args), R.conv(x, w, b, *args))
+        xt, wt, bt = _arrays((1, 1, 5, 6, 24), (1, 4, 4, 16, 24), np.float32, seed=seed, filters=16)
+        targs = ((1, 2, 2), (1, 1, 1), (0, 1, 1), (1, 10, 12), None)
+        assert_close(C.conv_transpose(xt, wt, bt, *targs), R.conv_transpose(xt, wt, bt, *targs))

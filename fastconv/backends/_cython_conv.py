@@ -426,6 +426,9 @@ class _Plan:
     __slots__ = ("algo", "engine", "jobs", "tasks", "macs", "y_shape", "f", "fp", "rows", "taps",
                  "cg", "groups", "blk", "idx", "ns", "tile_outer", "run_max", "kmax", "need")
 
+    def __init__(self):
+        self.taps = self.blk = self.idx = None
+
     def weights(self, w):
         """The jobs' weight matrices, stacked (``rows`` x F, F padded to ``fp`` for the direct
         engine), from the Keras kernel ``w``: a view of it where nothing moves."""
@@ -467,6 +470,9 @@ def _finish_plan(plan, jobs, wrows, n, c, f, groups, dtype):
             job[21] = int(o) * f
         plan.tasks, plan.need = _gemm_tasks(jobs, n, c, f, groups, item)
     plan.jobs = np.array(jobs, np.intp).reshape(-1, _k.JOB_FIELDS)
+    for a in (plan.jobs, plan.tasks, plan.blk, plan.idx, plan.taps):
+        if a is not None:
+            a.setflags(write=False)   # shared by every call of this geometry
     return plan
 
 
@@ -499,7 +505,6 @@ def _conv_plan(x_shape, w_shape, strides, dilation, pads, groups, out_shape, dty
     n, c, f = x_shape[0], x_shape[-1], w_shape[-1]
     plan.y_shape = (n,) + out_shape + (f,)
     plan.macs = n * math.prod(out_shape) * math.prod(w_shape)
-    plan.taps = None
     plan.engine = "direct" if plan.algo.startswith("direct") else "gemm"
     mode = _k.MODE_ROWS if plan.algo == "gemm_1x1" else _k.MODE_PACK
     job = _job(out_shape, [p[0] for p in pads], strides, dilation, w_shape[:3], (0, 0, 0), (1, 1, 1), 0, mode,
