@@ -213,35 +213,35 @@ cdef extern from *:
         for (int p = 0; p < P; p++) FC_PUT(SUF, out + p * ldo, a[p], act);                          \\
     }
 
-    /* The grouped micro-kernel for 3 taps along the row at stride 1 and dilation 1 (3x3 and
-       3x3x3 grouped layers): the P + 2 input columns of a kernel row are loaded once and each
-       permutation of a column serves the up to 3 pixels that read it (a zmm permutation costs
-       about two FMA slots on Zen 4: one per FMA, as in fc_grp*, halves the throughput).
-       Kernel row r: inputs at x + xoff[3 r] + j * ps, weights at w + woff[3 r] + (kw * Cg + c) * ldw. */
-    #define FC_GRPW3(T, SUF, IT, P)                                                                 \\
-    static FC_CLONES void fc_grpw3_##P##_##SUF(const T* x, ptrdiff_t ps, const ptrdiff_t* xoff,     \\
-            const ptrdiff_t* woff, ptrdiff_t nrow, ptrdiff_t Cg, const IT* idx, const T* w,         \\
-            ptrdiff_t ldw, T* out, ptrdiff_t ldo, const T* bias, int act) {                         \\
+    /* The grouped micro-kernel for 3 taps along the row at stride S (1 or 2) and dilation 1
+       (3x3 and 3x3x3 grouped layers): the S * (P - 1) + 3 input columns of a kernel row are
+       loaded once and each permutation of a column serves every pixel that reads it (up to 3
+       at stride 1, 2 or 1 at stride 2; a zmm permutation costs about two FMA slots on Zen 4:
+       one per FMA, as in fc_grp*, halves the throughput).  Kernel row r: inputs at
+       x + xoff[3 r] + j * ps (ps: one pixel), weights at w + woff[3 r] + (kw * Cg + c) * ldw. */
+    #define FC_GRPW3(T, SUF, IT, S, P)                                                              \\
+    static FC_CLONES void fc_grpw3_s##S##_##P##_##SUF(const T* x, ptrdiff_t ps,                     \\
+            const ptrdiff_t* xoff, const ptrdiff_t* woff, ptrdiff_t nrow, ptrdiff_t Cg,             \\
+            const IT* idx, const T* w, ptrdiff_t ldw, T* out, ptrdiff_t ldo, const T* bias, int act) { \\
         typedef IT fc_mu __attribute__((vector_size(64), aligned(sizeof(IT))));                     \\
         const int VL = 64 / sizeof(T);                                                              \\
+        enum { NJ = S * (P - 1) + 3 };                                                              \\
         fc_v_##SUF a[P];                                                                            \\
         a[0] = FC_START(SUF, bias, 0);                                                              \\
         for (int p = 1; p < P; p++) a[p] = a[0];                                                    \\
         for (ptrdiff_t r = 0; r < nrow; r++) {                                                      \\
             const T* xs = x + xoff[3 * r];                                                          \\
             const T* ws = w + woff[3 * r];                                                          \\
-            fc_v_##SUF xv[P + 2];                                                                   \\
-            for (int j = 0; j < P + 2; j++) xv[j] = *(const fc_vu_##SUF*)(xs + j * ps);             \\
+            fc_v_##SUF xv[NJ];                                                                      \\
+            for (int j = 0; j < NJ; j++) xv[j] = *(const fc_vu_##SUF*)(xs + j * ps);                \\
             for (ptrdiff_t c = 0; c < Cg; c++) {                                                    \\
                 fc_i_##SUF m = *(const fc_mu*)(idx + c * VL);                                       \\
-                fc_v_##SUF w0 = *(const fc_vu_##SUF*)(ws + c * ldw);                                \\
-                fc_v_##SUF w1 = *(const fc_vu_##SUF*)(ws + (Cg + c) * ldw);                         \\
-                fc_v_##SUF w2 = *(const fc_vu_##SUF*)(ws + (2 * Cg + c) * ldw);                     \\
-                for (int j = 0; j < P + 2; j++) {                                                   \\
+                fc_v_##SUF wk[3];                                                                   \\
+                for (int k = 0; k < 3; k++) wk[k] = *(const fc_vu_##SUF*)(ws + (k * Cg + c) * ldw); \\
+                for (int j = 0; j < NJ; j++) {                                                      \\
                     fc_v_##SUF xp = __builtin_shuffle(xv[j], m);                                    \\
-                    if (j < P) a[j] += xp * w0;                                                     \\
-                    if (j >= 1 && j - 1 < P) a[j - 1] += xp * w1;                                   \\
-                    if (j >= 2) a[j - 2] += xp * w2;                                                \\
+                    for (int k = 0; k < 3; k++)   /* pixel (j - k) / S reads column j with tap k */ \\
+                        if (j >= k && (j - k) % S == 0 && (j - k) / S < P) a[(j - k) / S] += xp * wk[k]; \\
                 }                                                                                   \\
             }                                                                                       \\
         }                                                                                           \\
@@ -256,8 +256,10 @@ cdef extern from *:
     FC_GRP(float, f, int32_t, 8)
     FC_GRP(double, d, int64_t, 1)
     FC_GRP(double, d, int64_t, 8)
-    FC_GRPW3(float, f, int32_t, 6)
-    FC_GRPW3(double, d, int64_t, 6)
+    FC_GRPW3(float, f, int32_t, 1, 6)
+    FC_GRPW3(double, d, int64_t, 1, 6)
+    FC_GRPW3(float, f, int32_t, 2, 6)
+    FC_GRPW3(double, d, int64_t, 2, 6)
 
     /* Epilogue of a block of rows: dst[r * ldd + :n] = act(src[r * lds + :n] + bias[:n]), r < rows,
        for the activations computed in the data's precision (code 0 none, 1 ReLU, 2 ReLU6; bias
@@ -354,18 +356,24 @@ cdef extern from *:
     void fc_grp8_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                    Py_ssize_t nt, Py_ssize_t Cg, int NS, const int32_t* idx, const float* w, Py_ssize_t ldw,
                    float* out, Py_ssize_t ldo, const float* bias, int act) noexcept nogil
-    void fc_grpw3_6_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
-                      Py_ssize_t nrow, Py_ssize_t Cg, const int32_t* idx, const float* w, Py_ssize_t ldw,
-                      float* out, Py_ssize_t ldo, const float* bias, int act) noexcept nogil
+    void fc_grpw3_s1_6_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                         Py_ssize_t nrow, Py_ssize_t Cg, const int32_t* idx, const float* w, Py_ssize_t ldw,
+                         float* out, Py_ssize_t ldo, const float* bias, int act) noexcept nogil
+    void fc_grpw3_s2_6_f(const float* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                         Py_ssize_t nrow, Py_ssize_t Cg, const int32_t* idx, const float* w, Py_ssize_t ldw,
+                         float* out, Py_ssize_t ldo, const float* bias, int act) noexcept nogil
     void fc_grp1_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                    Py_ssize_t nt, Py_ssize_t Cg, int NS, const int64_t* idx, const double* w, Py_ssize_t ldw,
                    double* out, Py_ssize_t ldo, const double* bias, int act) noexcept nogil
     void fc_grp8_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
                    Py_ssize_t nt, Py_ssize_t Cg, int NS, const int64_t* idx, const double* w, Py_ssize_t ldw,
                    double* out, Py_ssize_t ldo, const double* bias, int act) noexcept nogil
-    void fc_grpw3_6_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
-                      Py_ssize_t nrow, Py_ssize_t Cg, const int64_t* idx, const double* w, Py_ssize_t ldw,
-                      double* out, Py_ssize_t ldo, const double* bias, int act) noexcept nogil
+    void fc_grpw3_s1_6_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                         Py_ssize_t nrow, Py_ssize_t Cg, const int64_t* idx, const double* w, Py_ssize_t ldw,
+                         double* out, Py_ssize_t ldo, const double* bias, int act) noexcept nogil
+    void fc_grpw3_s2_6_d(const double* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
+                         Py_ssize_t nrow, Py_ssize_t Cg, const int64_t* idx, const double* w, Py_ssize_t ldw,
+                         double* out, Py_ssize_t ldo, const double* bias, int act) noexcept nogil
     void fc_finish_f(float* dst, Py_ssize_t ldd, const float* src, Py_ssize_t lds, Py_ssize_t rows,
                      Py_ssize_t n, const float* bias, int code) noexcept nogil
     void fc_finish_d(double* dst, Py_ssize_t ldd, const double* src, Py_ssize_t lds, Py_ssize_t rows,
@@ -450,14 +458,21 @@ cdef inline void _grp(int P, const real* x, Py_ssize_t ps, const Py_ssize_t* xof
             fc_grp1_d(x, ps, xoff, woff, nt, Cg, NS, <const int64_t*>idx, w, ldw, out, ldo, bias, act)
 
 
-cdef inline void _grpw3(const real* x, Py_ssize_t ps, const Py_ssize_t* xoff, const Py_ssize_t* woff,
-                        Py_ssize_t nrow, Py_ssize_t Cg, const void* idx, const real* w, Py_ssize_t ldw,
-                        real* out, Py_ssize_t ldo, const real* bias, int act) noexcept nogil:
-    """The grouped micro-kernel sharing permutations along a row of 3 taps, on GRP_P pixels."""
+cdef inline void _grpw3(Py_ssize_t S, const real* x, Py_ssize_t ps, const Py_ssize_t* xoff,
+                        const Py_ssize_t* woff, Py_ssize_t nrow, Py_ssize_t Cg, const void* idx, const real* w,
+                        Py_ssize_t ldw, real* out, Py_ssize_t ldo, const real* bias, int act) noexcept nogil:
+    """The grouped micro-kernel sharing permutations along a row of 3 taps at stride S = 1
+    or 2, on GRP_P pixels."""
     if real is float:
-        fc_grpw3_6_f(x, ps, xoff, woff, nrow, Cg, <const int32_t*>idx, w, ldw, out, ldo, bias, act)
+        if S == 1:
+            fc_grpw3_s1_6_f(x, ps, xoff, woff, nrow, Cg, <const int32_t*>idx, w, ldw, out, ldo, bias, act)
+        else:
+            fc_grpw3_s2_6_f(x, ps, xoff, woff, nrow, Cg, <const int32_t*>idx, w, ldw, out, ldo, bias, act)
     else:
-        fc_grpw3_6_d(x, ps, xoff, woff, nrow, Cg, <const int64_t*>idx, w, ldw, out, ldo, bias, act)
+        if S == 1:
+            fc_grpw3_s1_6_d(x, ps, xoff, woff, nrow, Cg, <const int64_t*>idx, w, ldw, out, ldo, bias, act)
+        else:
+            fc_grpw3_s2_6_d(x, ps, xoff, woff, nrow, Cg, <const int64_t*>idx, w, ldw, out, ldo, bias, act)
 
 
 cdef inline const real* _at(const real* bias, Py_ssize_t f) noexcept nogil:
@@ -838,7 +853,7 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
     cdef Py_ssize_t nrow, nt, r, jj, o, fc, P, q, width, e, sw = J.s[2], pw = J.p[2], dw = J.d[2], ypix
     cdef Py_ssize_t ow_lo, ow_hi, b, kind
     # grouped tiles share each permuted input column between the 3 taps of a kernel row
-    cdef bint slide = tile_outer and KW == 3 and sw == 1 and dw == 1 and NS == 1
+    cdef bint slide = tile_outer and KW == 3 and (sw == 1 or sw == 2) and dw == 1 and NS == 1
     # without padded channels the micro-kernels store straight into y, the run's pixels ldo
     # apart (consecutive rows of y for a forward convolution, every ys[2]-th for a phase of a
     # transposed one): their stores then overlap the arithmetic; else into obuf, ldo = Fp apart
@@ -906,7 +921,7 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
                     for b in range(Fp // VL):
                         xb = x + blk[3 * b] + (o * sw - pw) * C
                         if slide:
-                            _grpw3(xb, C, xoff, woff, nrow, Cg, idx + b * Cg * 64, w + b * VL, Fp,
+                            _grpw3(sw, xb, C, xoff, woff, nrow, Cg, idx + b * Cg * 64, w + b * VL, Fp,
                                    ob + (o - ow) * ldo + b * VL, ldo, _at(kb, b * VL), act)
                         else:
                             _grp(8, xb, sw * C, xoff, woff, nt, Cg, NS, idx + b * Cg * 64, w + b * VL, Fp,
