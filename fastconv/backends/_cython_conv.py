@@ -17,8 +17,8 @@ kernels are in ``_cython/conv.pyx``):
   inputs as above; a block spanning several groups (few output channels per group,
   e.g. ResNeXt's 4) loads the one or two input vectors that hold all its groups'
   inputs, in place, and permutes them so that each lane gets its own group's input
-  ``c`` (one AVX-512 ``vpermps`` per input vector and ``c``, shared by the 3 taps of a
-  kernel row that read the same column when the stride is 1), times the Keras
+  ``c`` (one AVX-512 ``vpermps`` per input vector and ``c``, shared by the taps of a
+  3-tap kernel row that read the same column at strides 1 and 2), times the Keras
   kernel's row ``(tap, c)``, which already holds every output channel's weight for its
   own group's input ``c``; then every block runs this way, pixel tile by pixel tile.
   Without AVX-512 (permutations emulated) such layers go to ``"im2col_gemm"``;
