@@ -58,8 +58,11 @@ def describe(op, *args):
                 f"({isa}), output rows split between threads")
     if op in ("global_max_pool", "global_avg_pool"):
         what = "max (NaN propagates)" if op == "global_max_pool" else "sum divided by the pixel count"
-        return (f"Cython {op}: {what} over fixed ~{_GLOBAL_CHUNK_BYTES >> 10} KiB chunks of pixels in parallel, "
-                f"partials combined in order; blocks of channel vectors in registers ({isa})")
+        if x.size // max(1, x.shape[0]) * x.itemsize < _GLOBAL_SPLIT_BYTES:
+            how = "one pass per image"
+        else:
+            how = f"fixed ~{_GLOBAL_CHUNK_BYTES >> 10} KiB chunks of pixels in parallel, partials combined in order"
+        return f"Cython {op}: {what} over {how}; blocks of channel vectors in registers ({isa})"
     raise ValueError(f"{op!r} is not a direct kernel of the Cython backend")
 
 # Below this much work (multiply-adds, or elements read) one thread does the op:
@@ -136,8 +139,11 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
 
 
 # Global pooling reduces chunks of about this many bytes of one image in parallel (an
-# L1d-sized piece that the kernel reads once per block of channels), then combines them.
+# L1d-sized piece that the kernel reads once per block of channels), then combines them;
+# images smaller than _GLOBAL_SPLIT_BYTES are reduced in one pass (the split is set by the
+# shape alone, never by the thread count, so results do not depend on threads).
 _GLOBAL_CHUNK_BYTES = 32 << 10
+_GLOBAL_SPLIT_BYTES = 512 << 10
 
 
 def _global(x, is_max):
@@ -146,10 +152,11 @@ def _global(x, is_max):
     y = np.empty((n, c), x.dtype)
     if y.size == 0:
         return y
-    chunk = max(1, _GLOBAL_CHUNK_BYTES // (c * x.itemsize))
-    k = -(-p // chunk)
+    k = 1
+    if p * c * x.itemsize >= _GLOBAL_SPLIT_BYTES:
+        k = -(-p // max(1, _GLOBAL_CHUNK_BYTES // (c * x.itemsize)))
     part = np.empty((n, k, c), x.dtype)
-    _pool.global_pool(x.reshape(n, p, c), part, y, is_max, _threads(x.size))
+    _pool.global_pool(x.reshape(n, p, c), part, y, is_max, min(_threads(x.size), n * k))
     return y
 
 
