@@ -184,3 +184,125 @@ def test_explicit_padding_equals_zero_padding_then_valid(pads, dtype):
         assert_close(fastconv.depthwise_conv2d(x.astype(dtype), kd.astype(dtype), padding=pads, strides=2,
                                                backend=backend),
                      fastconv.depthwise_conv2d(padded, kd, strides=2, backend="reference"))
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 41, 70), (3, 5, 7, 9), (1, 130, 16)])
+def test_global_pools_simd(nb, monkeypatch, shape, dtype):
+    # positions cut into chunks (1517 positions: 16 chunks; 35: one), 4-vector channel
+    # blocks, single vectors and masked tails (70 channels); NaN and inf propagate through
+    # max like the reference; the result doesn't depend on the thread count
+    x = _rand(*shape).astype(dtype)
+    f_max = getattr(fastconv, f"global_max_pool{x.ndim - 2}d")
+    f_avg = getattr(fastconv, f"global_avg_pool{x.ndim - 2}d")
+    _check(f_max, x, dtype=dtype)
+    _check(f_avg, x, dtype=dtype)
+    x.reshape(-1)[7] = np.inf
+    x[0].reshape(-1)[-1] = np.nan
+    x[-1].reshape(-1)[x.shape[-1] + 3] = -np.inf
+    got = f_max(x, backend="numba")
+    np.testing.assert_array_equal(got, f_max(x, backend="reference"))
+    assert np.isnan(got[0, -1]) and np.isnan(got).sum() == 1
+    results = []
+    for min_work in (0, 1 << 60):  # two threads (where there are two), then one
+        monkeypatch.setattr(nb, "_GLOBAL_PARALLEL_MIN", min_work)
+        results.append((f_max(x, backend="numba"), f_avg(x, backend="numba")))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+# (op, args, kwargs, the path numba must take, the kernels that path calls)
+_PATH_CASES = [
+    ("conv2d", ((2, 5, 6, 24), (1, 1, 24, 10)), {}, "pointwise_gemm", {"gemm_rows"}),
+    ("conv2d", ((2, 20, 22, 20), (3, 4, 20, 7)), dict(padding="same"), "shifted_gemm",
+     {"shifted_taps", "pixels_conv"}),
+    ("conv2d", ((1, 3, 3, 32), (3, 3, 32, 4)), dict(padding="same"), "im2col", {"im2col_conv"}),
+    ("conv2d", ((2, 13, 11, 12), (3, 3, 12, 6)), dict(strides=2), "im2col", {"im2col_conv"}),
+    ("conv2d", ((2, 11, 23, 3), (3, 3, 3, 32)), dict(strides=2), "few_channel_direct", {"few_channel_conv"}),
+    ("conv2d", ((1, 7, 8, 36), (3, 3, 4, 36)), dict(groups=9), "grouped_rot", {"grouped_rot"}),
+    ("conv2d", ((1, 7, 8, 12), (3, 3, 4, 6)), dict(groups=3), "grouped_direct", {"grouped_direct"}),
+    ("conv2d", ((1, 7, 8, 32), (3, 3, 4, 16)), dict(groups=8, strides=2), "grouped_merged", {"im2col_conv"}),
+    ("conv2d", ((1, 17, 18, 32), (3, 3, 16, 8)), dict(groups=2, padding="same"), "grouped_gemm",
+     {"shifted_taps", "pixels_conv"}),
+    ("conv2d", ((1, 7, 8, 6), (3, 3, 1, 6)), dict(groups=6), "grouped_depthwise", {"depthwise"}),
+    ("depthwise_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1)), dict(padding="same"), "depthwise_3x3", {"depthwise"}),
+    ("depthwise_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1)), dict(strides=2), "depthwise_tiles", {"depthwise"}),
+    ("depthwise_conv2d", ((2, 7, 8, 5), (3, 3, 5, 2)), {}, "depthwise_multiplier", {"depthwise_multiplier"}),
+    ("conv2d_transpose", ((2, 7, 6, 3), (3, 3, 6, 3)), dict(strides=2, padding="same"), "transpose_phases",
+     {"gemm_rows", "im2col_t_conv"}),
+    ("conv2d_transpose", ((1, 16, 16, 32), (3, 3, 8, 32)), dict(strides=2, padding="same"), "transpose_phases",
+     {"gemm_rows", "shifted_taps", "pixels_conv"}),
+    ("max_pool2d", ((2, 9, 10, 24),), {}, "pool_direct", {"max_pool"}),
+    ("avg_pool2d", ((2, 9, 10, 24),), dict(pool_size=3, strides=1, padding="same"), "pool_rows3",
+     {"avg_pool_rows3"}),
+    ("max_pool1d", ((2, 9, 24),), dict(pool_size=3, strides=1), "pool_rows3", {"max_pool_rows3"}),
+    ("avg_pool2d", ((2, 9, 10, 24),), dict(pool_size=3, strides=2), "pool_direct", {"avg_pool"}),
+    ("global_max_pool2d", ((2, 9, 10, 24),), {}, "global_chunks", {"global_max_pool"}),
+    ("global_avg_pool1d", ((2, 90, 24),), {}, "global_chunks", {"global_sum_pool"}),
+]
+
+
+@pytest.mark.parametrize("op, shapes, kw, path, kernels", _PATH_CASES,
+                         ids=[f"{c[0]}-{c[3]}" for c in _PATH_CASES])
+def test_algorithm_names_the_path_taken(nb, monkeypatch, op, shapes, kw, path, kernels):
+    # algorithm() (through fastconv.explain) names the path, and the dispatch calls exactly
+    # that path's kernels: both follow the same decision functions
+    from fastconv.backends import _numba_kernels as K
+    args = [_rand(*s).astype(np.float32) for s in shapes]
+    (call,) = fastconv.explain(op, *args, backend="numba", **kw).calls
+    assert nb._PATHS[path].split("{")[0] in call.algorithm, call.algorithm
+    names = ["gemm_rows", "shifted_taps", "pixels_conv", "im2col_conv", "im2col_t_conv", "few_channel_conv", "grouped_rot",
+             "grouped_direct", "depthwise", "depthwise_multiplier", "max_pool", "avg_pool", "max_pool_rows3",
+             "avg_pool_rows3", "global_max_pool",
+             "global_sum_pool"]
+    called = set()
+    for name in names:
+        real = getattr(K, name)
+        monkeypatch.setattr(K, name, lambda *a, _n=name, _f=real: (called.add(_n), _f(*a))[1])
+    y = getattr(fastconv, op)(*args, backend="numba", **kw)
+    assert_close(y, getattr(fastconv, op)(*args, backend="reference", **kw))
+    assert called == kernels, (called, call.algorithm)
+    # the GEMM formulations inside (of the groups, of the phases) are named too
+    dense = {"gemm_rows": "pointwise_gemm", "shifted_taps": "shifted_gemm", "im2col_conv": "im2col",
+             "im2col_t_conv": "im2col_t"}
+    for name in called & dense.keys():
+        assert nb._PATHS[dense[name]] in call.algorithm, (name, call.algorithm)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_border_count_matches_border_pixels(nb, seed):
+    # the path decision counts border pixels without building them; the shifted GEMM
+    # recomputes exactly the pixels _border_pixels lists
+    rng = np.random.default_rng(seed)
+    in_shape = tuple(int(v) for v in rng.integers(1, 12, 3))
+    ksize = tuple(int(v) for v in rng.integers(1, 5, 3))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, 3))
+    before = tuple(int(v) for v in rng.integers(0, 4, 3))
+    out_shape = tuple(max(1, i + b + int(a) - (k - 1) * d) for i, b, a, k, d in
+                      zip(in_shape, before, rng.integers(0, 4, 3), ksize, dilation))
+    n = int(rng.integers(1, 3))
+    want = nb._border_pixels(out_shape, in_shape, ksize, dilation, before, n).size
+    assert nb._border_count(n, in_shape, ksize, dilation, before, out_shape) == want
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("shape, kw", [
+    ((2, 9, 10, 24), dict(pool_size=3, strides=1, padding="same")),
+    ((1, 7, 5, 37), dict(pool_size=(2, 3), strides=(2, 1), padding="same")),
+    ((1, 6, 4, 20), dict(pool_size=3, strides=1)),
+    ((2, 2, 3, 17), dict(pool_size=(5, 3), strides=1, padding="same")),
+    ((3, 40, 16), dict(pool_size=3, strides=1, padding="same")),
+    ((1, 4, 5, 6, 19), dict(pool_size=(2, 3, 3), strides=(1, 2, 1), padding="same")),
+])
+def test_pool_rows3(nb, monkeypatch, kind, shape, kw, dtype):
+    # windows 3 wide at stride 1 along W: column reductions slid along the row (both edges
+    # in the padding, rows narrower than the window, a masked channel tail); NaN propagates
+    monkeypatch.setattr(nb, "_PARALLEL_MIN_WORK", 0)
+    f = getattr(fastconv, f"{kind}_pool{len(shape) - 2}d")
+    x = _rand(*shape)
+    _check(f, x, dtype=dtype, **kw)
+    x = x.astype(dtype)
+    x.reshape(-1)[[3, 50]] = np.nan
+    x.reshape(-1)[-1] = np.inf
+    np.testing.assert_array_equal(np.isnan(f(x, backend="numba", **kw)), np.isnan(f(x, backend="reference", **kw)))
+    if kind == "max":
+        np.testing.assert_array_equal(f(x, backend="numba", **kw), f(x, backend="reference", **kw))

@@ -12,7 +12,8 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from ._blas import gemm
-from ._numba_simd import lanes, vbroadcast, vfma, vload, vload_n, vrot_groups, vstore, vstore_n, vzero
+from ._numba_simd import (lanes, vadd, vbroadcast, vdiv, vfma, vload, vload_n, vmax, vrot_groups, vsplat, vstore,
+                          vstore_n, vzero)
 
 # Activation codes: the elementwise Keras activations the kernels fuse.
 ACT_CODES = {None: 0, "relu": 1, "relu6": 2, "leaky_relu": 3, "elu": 4, "selu": 5, "celu": 6,
@@ -889,32 +890,160 @@ max_pool = _make_pool(True)
 avg_pool = _make_pool(False)
 
 
-@njit(parallel=True, cache=True)
-def global_pool(x, y, is_max):
-    """Max or mean over all positions of (N, P, C) into (N, C); parallel over channel blocks."""
-    N, P, C = x.shape
-    blocks = (C + 63) // 64
-    for job in prange(N * blocks):
-        n = job // blocks
-        c0 = (job % blocks) * 64
-        c1 = min(c0 + 64, C)
-        dst = y[n]
-        for c in range(c0, c1):
-            dst[c] = x[n, 0, c]
-        for p in range(1, P):
-            src = x[n, p]
-            if is_max:
-                for c in range(c0, c1):
-                    v = src[c]
-                    if v > dst[c] or v != v:
-                        dst[c] = v
-            else:
-                for c in range(c0, c1):
-                    dst[c] += src[c]
-        if not is_max:
-            inv = 1.0 / P
-            for c in range(c0, c1):
-                dst[c] *= inv
+def _make_pool_rows3(is_max):
+    """Pooling with windows 3 wide along W at stride 1 along W (any extent and stride along
+    D and H): each input column is reduced down the window's rows once, and every output
+    combines the three column results in registers, sliding along the row; one thread per
+    output row, one vector of channels at a time.  Max (NaN propagates) or mean over the
+    real elements.  ``x`` and ``y`` contiguous."""
+
+    @njit(cache=True, inline="always")
+    def op(a, b):
+        return vmax(a, b) if is_max else vadd(a, b)
+
+    @njit(cache=True, inline="always")
+    def column(x, rows, nr, iw, W, C, c0, m, empty):
+        """Input column ``iw`` reduced over the ``nr`` kernel rows; ``empty`` (the identity:
+        -inf or 0) for a column in the padding."""
+        if iw < 0 or iw >= W or nr == 0:
+            return empty
+        o = iw * C + c0
+        v = vload_n(x, rows[0] + o, m)
+        for r in range(1, nr):
+            v = op(v, vload_n(x, rows[r] + o, m))
+        return v
+
+    @njit(cache=True, inline="always")
+    def slide(x, y, rows, nr, ybase, OW, W, C, c0, m, bw, empty):
+        v0 = column(x, rows, nr, -bw, W, C, c0, m, empty)
+        v1 = column(x, rows, nr, 1 - bw, W, C, c0, m, empty)
+        for ow in range(OW):
+            v2 = column(x, rows, nr, ow - bw + 2, W, C, c0, m, empty)
+            a = op(op(v0, v1), v2)
+            if not is_max:  # the mean over the real elements
+                cols = min(W, ow - bw + 3) - max(0, ow - bw)
+                a = vdiv(a, vsplat(x, nr * cols))
+            vstore_n(y, ybase + ow * C + c0, a, m)
+            v0 = v1
+            v1 = v2
+
+    @njit(parallel=True, cache=True)
+    def pool(x, y, ksize, strides, before):
+        N, D, H, W, C = x.shape
+        _, OD, OH, OW, _ = y.shape
+        L = lanes(x)
+        bw = before[2]
+        rows_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
+        taps_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
+        for row in prange(N * OD * OH):
+            n = row // (OD * OH)
+            od = (row // OH) % OD
+            oh = row % OH
+            rows = rows_all[row]
+            nr = kernel_rows(n, od, oh, x.shape, ksize, strides, (1, 1, 1), before, rows, taps_all[row])
+            empty = vsplat(x, -np.inf) if is_max else vzero(x)
+            for c0 in range(0, C, L):
+                m = min(L, C - c0)
+                if m == L:  # a constant mask: plain loads and stores once inlined
+                    slide(x, y, rows, nr, row * OW * C, OW, W, C, c0, L, bw, empty)
+                else:
+                    slide(x, y, rows, nr, row * OW * C, OW, W, C, c0, m, bw, empty)
+
+    return pool
+
+
+max_pool_rows3 = _make_pool_rows3(True)
+avg_pool_rows3 = _make_pool_rows3(False)
+
+
+# Global pooling cuts each image's positions into chunks of at least this many positions,
+# at most this many chunks (a number of chunks that the usual thread counts divide); each
+# chunk is reduced on its own and the partial results are combined in chunk order, so the
+# result depends on the image size only, never on the thread count or the batch.
+GP_MIN_CHUNK = 64
+GP_MAX_CHUNKS = 16
+
+
+def gp_chunks(P):
+    """How many chunks global pooling cuts ``P`` positions into."""
+    return max(1, min(GP_MAX_CHUNKS, P // GP_MIN_CHUNK))
+
+
+def _make_global_pool(is_max):
+    """Max (NaN propagates) or sum of every position of each image; one source compiled
+    once per kind (``is_max`` is a compile-time constant)."""
+
+    @njit(cache=True, inline="always")
+    def op(a, b):
+        return vmax(a, b) if is_max else vadd(a, b)
+
+    @njit(cache=True, inline="always")
+    def block4(x, part, o, p, n_pos, C, c0):
+        """Four full vectors of channels ``c0..`` over ``n_pos`` positions from flat index
+        ``o``: four independent accumulators in registers, one pass down the positions."""
+        L = lanes(x)
+        a0 = vload(x, o)
+        a1 = vload(x, o + L)
+        a2 = vload(x, o + 2 * L)
+        a3 = vload(x, o + 3 * L)
+        for _ in range(1, n_pos):
+            o += C
+            a0 = op(a0, vload(x, o))
+            a1 = op(a1, vload(x, o + L))
+            a2 = op(a2, vload(x, o + 2 * L))
+            a3 = op(a3, vload(x, o + 3 * L))
+        vstore(part, p, a0)
+        vstore(part, p + L, a1)
+        vstore(part, p + 2 * L, a2)
+        vstore(part, p + 3 * L, a3)
+
+    @njit(cache=True, inline="always")
+    def block1(x, part, o, p, n_pos, C, m):
+        """One vector of ``m`` channels (a masked tail when ``m`` < lanes)."""
+        a = vload_n(x, o, m)
+        for _ in range(1, n_pos):
+            o += C
+            a = op(a, vload_n(x, o, m))
+        vstore_n(part, p, a, m)
+
+    @njit(parallel=True, cache=True)
+    def pool(x, y, part):
+        """``y[n] = max or sum over p of x[n, p]`` for contiguous ``x`` (N, P, C), via the
+        contiguous scratch ``part`` (N, chunks, C) of per-chunk results."""
+        N, P, C = x.shape
+        nch = part.shape[1]
+        L = lanes(x)
+        C4 = C - C % (4 * L)
+        for job in prange(N * nch):
+            n = job // nch
+            k = job % nch
+            p0 = k * P // nch
+            n_pos = (k + 1) * P // nch - p0
+            o = (n * P + p0) * C
+            p = job * C
+            for c0 in range(0, C4, 4 * L):
+                block4(x, part, o + c0, p + c0, n_pos, C, c0)
+            for c0 in range(C4, C, L):
+                m = min(L, C - c0)
+                if m == L:
+                    block1(x, part, o + c0, p + c0, n_pos, C, L)
+                else:
+                    block1(x, part, o + c0, p + c0, n_pos, C, m)
+        # combine the chunks in order (N * chunks * C elements: cheap, serial)
+        for n in range(N):
+            for c0 in range(0, C, L):
+                m = min(L, C - c0)
+                q = n * nch * C + c0
+                a = vload_n(part, q, m)
+                for k in range(1, nch):
+                    a = op(a, vload_n(part, q + k * C, m))
+                vstore_n(y, n * C + c0, a, m)
+
+    return pool
+
+
+global_max_pool = _make_global_pool(True)
+global_sum_pool = _make_global_pool(False)
 
 
 # ---------------------------------------------------------------- GEMM drivers

@@ -225,3 +225,42 @@ def vrot_groups(typingctx, v, group):
         i32 = ir.IntType(32)
         return builder.shuffle_vector(args[0], args[0], ir.Constant(ir.VectorType(i32, v.lanes), mask))
     return v(v, group), codegen
+
+
+@intrinsic
+def vmul(typingctx, a, b):
+    """``a * b`` lane by lane."""
+    if not (isinstance(a, Vec) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1])
+    return a(a, b), codegen
+
+
+@intrinsic
+def vmax(typingctx, a, b):
+    """The running maximum ``b if (b > a or b is NaN) else a``, lane by lane: a NaN in
+    either operand wins (once NaN, stays NaN), and of two equal values (``-0.0``,
+    ``+0.0``) ``a`` is kept, exactly as the scalar update ``if v > m or v != v: m = v``."""
+    if not (isinstance(a, Vec) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a_, b_ = args
+        # written as two selects, which x86 lowers to max + a masked move of the NaN lanes
+        # (one select on an or of both tests costs a fourth instruction)
+        larger = builder.select(builder.fcmp_ordered(">", b_, a_), b_, a_)
+        return builder.select(builder.fcmp_unordered("uno", b_, b_), b_, larger)
+    return a(a, b), codegen
+
+
+@intrinsic
+def vdiv(typingctx, a, b):
+    """``a / b`` lane by lane (IEEE division, as the scalar code)."""
+    if not (isinstance(a, Vec) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fdiv(args[0], args[1])
+    return a(a, b), codegen

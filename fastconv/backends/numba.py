@@ -16,9 +16,16 @@ How each op is computed (chosen by measurement on this 2-core machine, see READM
   kernel vectorised along the output channels (GEMM's K would be too short);
 * transposed convolutions: one stride-1 convolution per output phase, written
   into its strided slice of the output (no zero insertion, no scatter-add);
-* depthwise (register-tiled SIMD kernel, with a 3x3 tile sharing input loads),
-  pooling, global pooling: direct loops, one thread per output row, vectorised
-  along channels.
+* depthwise (register-tiled SIMD kernel, with a 3x3 tile sharing input loads)
+  and pooling: direct loops, one thread per output row, vectorised along
+  channels; pools 3 wide at stride 1 along W reduce each input column once and
+  slide three column results along the row (SIMD);
+* global pooling: a SIMD reduction over chunks of positions (a number fixed by
+  the image size), combined in chunk order, so results don't depend on threads.
+
+:func:`algorithm` names the path each call takes: the dispatch and it share the
+decision functions (``_conv_path``, ``_dense_path``, ``_depthwise_path``,
+``_pool_path``).
 
 The direct SIMD kernels use explicit machine vectors (``_numba_simd``): LLVM's
 loop vectoriser leaves 32-channel loops scalar and keeps no register tiles.
@@ -79,6 +86,7 @@ def _scratch(shape, dtype):
 # (~30 us of it).
 _PARALLEL_MIN_WORK = 1 << 22
 _DIRECT_PARALLEL_MIN_WORK = 1 << 19
+_GLOBAL_PARALLEL_MIN = 1 << 18
 
 
 def _threads(work, min_work=None):
@@ -154,6 +162,30 @@ def _border_pixels(out_shape, in_shape, ksize, dilation, before, n):
     return pixels
 
 
+def _border_count(n, in_shape, ksize, dilation, before, out_shape):
+    """How many output pixels (stride 1) have a window that leaves the input: the
+    size of :func:`_border_pixels`, counted without building it."""
+    inner = 1
+    for o, i, k, d, lo in zip(out_shape, in_shape, ksize, dilation, before):
+        inner *= max(0, min(o, i + lo - (k - 1) * d) - min(o, lo))
+    return n * (math.prod(out_shape) - inner)
+
+
+def _dense_path(n, in_shape, c, ksize, strides, dilation, before, out_shape):
+    """Which GEMM formulation a groups=1 convolution takes (see :data:`_PATHS`); shared
+    by :func:`_conv_dense` and :func:`algorithm`."""
+    ksize, strides, before, out_shape = tuple(ksize), tuple(strides), tuple(before), tuple(out_shape)
+    if ksize == (1, 1, 1) and strides == (1, 1, 1) and not any(before) and out_shape == tuple(in_shape):
+        return "pointwise_gemm"
+    if strides == (1, 1, 1) and c >= _SHIFT_MIN_CHANNELS:
+        border = _border_count(n, in_shape, ksize, dilation, before, out_shape)
+        if border <= _MAX_BORDER_SHARE * n * math.prod(out_shape):
+            return "shifted_gemm"
+    if c < _FEW_CHANNELS:
+        return "im2col_t"
+    return "im2col"
+
+
 def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, code):
     """A groups=1 convolution of ``x`` (N, D, H, W, C; may be a channel slice) into the
     (pixels, F) matrix ``y2`` (may be a column slice); picks the GEMM formulation."""
@@ -162,28 +194,26 @@ def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, 
     ksize = (kd, kh, kw)
     w2 = np.ascontiguousarray(w.reshape(-1, f))
     item = x.itemsize
-    if ksize == (1, 1, 1) and strides == (1, 1, 1) and not any(before) and tuple(out_shape) == (D, H, W):
+    path = _dense_path(n, (D, H, W), c, ksize, strides, dilation, before, out_shape)
+    if path == "pointwise_gemm":
         X = x.reshape(n * D * H * W, c)
         rows, cols = _blocks(X.shape[0], f, _CHUNK_BYTES // ((c + f) * item))
         K.gemm_rows(X, w2, y2, rows, cols, bias, has_bias, code)
-        return
-    if strides == (1, 1, 1) and c >= _SHIFT_MIN_CHANNELS:
+    elif path == "shifted_gemm":
         border = _border_pixels(tuple(out_shape), (D, H, W), tuple(ksize), tuple(dilation), tuple(before), n)
-        if border.size <= _MAX_BORDER_SHARE * y2.shape[0]:
-            _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias, code)
-            return
-    if c < _FEW_CHANNELS:
+        _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias, code)
+    elif path == "im2col_t":
         ow = out_shape[2]
         rows = max(1, min(y2.shape[0] // ow, _TILE_BYTES // (w2.shape[0] * ow * item)))
         rows = min(rows, _chunk(y2.shape[0] // ow, rows))
         scratch = _scratch_tiles((w2.shape[0], rows * ow), x.dtype)
         K.im2col_t_conv(x, w2, y2, tuple(out_shape), strides, dilation, before, ksize, rows, scratch,
                         bias, has_bias, code)
-        return
-    tile, cols = _blocks(y2.shape[0], f, max(_MIN_TASK_ROWS, _TILE_BYTES // (w2.shape[0] * item)))
-    scratch = _scratch_tiles((tile, w2.shape[0]), x.dtype)
-    K.im2col_conv(x, w2, y2, tuple(out_shape), strides, dilation, before, ksize, tile, cols, scratch,
-                  bias, has_bias, code)
+    else:
+        tile, cols = _blocks(y2.shape[0], f, max(_MIN_TASK_ROWS, _TILE_BYTES // (w2.shape[0] * item)))
+        scratch = _scratch_tiles((tile, w2.shape[0]), x.dtype)
+        K.im2col_conv(x, w2, y2, tuple(out_shape), strides, dilation, before, ksize, tile, cols, scratch,
+                      bias, has_bias, code)
 
 
 def _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias, code):
@@ -215,6 +245,36 @@ def _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias,
                       dilation, before, (kd, kh, kw), _chunk(border.size, 256), bias, has_bias, code)
 
 
+def _conv_path(w_shape, groups):
+    """Which kernel a convolution with this kernel shape and group count takes (see
+    :data:`_PATHS`); shared by :func:`conv` and :func:`algorithm`.  ``"dense"`` is a
+    GEMM convolution whose formulation :func:`_dense_path` picks."""
+    cg, f = w_shape[3], w_shape[4]
+    fg = f // groups
+    if groups == 1:
+        # few input channels (an RGB stem, a volume): direct SIMD kernel along F
+        return "few_channel_direct" if cg < _FEW_CHANNELS else "dense"
+    if cg == fg == 1:
+        return "grouped_depthwise"
+    if cg == fg and cg in _ROT_GROUPS:
+        return "grouped_rot"
+    if cg >= _GROUP_GEMM_MIN:
+        return "grouped_gemm"
+    # Few channels per group: merge ``merge`` neighbouring groups into one dense
+    # convolution with a block-diagonal kernel (``merge`` times the work, but GEMM-fast:
+    # measured 6x faster than the direct loop for 32 groups of 4), else direct loops.
+    merge = _group_merge(cg)
+    if groups % merge or merge * cg > 4 * _GROUP_GEMM_MIN:
+        return "grouped_direct"
+    return "grouped_merged"
+
+
+def _group_merge(cg):
+    """How many neighbouring groups of ``cg`` channels are merged into one block-diagonal
+    dense convolution."""
+    return -(-_GROUP_GEMM_MIN // cg)
+
+
 def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
     n = x.shape[0]
     cg, f = w.shape[3], w.shape[4]
@@ -222,17 +282,17 @@ def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
     y = np.empty((n,) + tuple(out_shape) + (f,), x.dtype)
     y2 = y.reshape(-1, f)
     bias, has_bias, code = _fused(b, activation, x.dtype, f)
-    if groups == 1 and cg < _FEW_CHANNELS:
-        # few input channels (an RGB stem, a volume): direct SIMD kernel along F
+    path = _conv_path(w.shape, groups)
+    fg = f // groups
+    if path == "few_channel_direct":
         _threads(n * math.prod(out_shape) * w.size, _DIRECT_PARALLEL_MIN_WORK)
         K.few_channel_conv(np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(-1, f)), y, strides,
                            dilation, before, w.shape[:3], np.ascontiguousarray(bias), has_bias, code)
         return y
-    fg = f // groups
-    if groups > 1 and cg == fg == 1:  # one channel per group: a depthwise convolution
+    if path == "grouped_depthwise":  # one channel per group: a depthwise convolution
         return depthwise_conv(x, w.reshape(w.shape[:3] + (f, 1)), b, strides, dilation, pads, out_shape,
                               activation)
-    if groups > 1 and cg == fg and cg in _ROT_GROUPS:
+    if path == "grouped_rot":
         # small square groups: direct SIMD kernel on rotated input vectors (see
         # K.grouped_rot), with the rotated weights prepared here
         _threads(n * math.prod(out_shape) * w.size, _DIRECT_PARALLEL_MIN_WORK)
@@ -244,25 +304,21 @@ def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
                       np.ascontiguousarray(bias), has_bias, code)
         return y
     _threads(n * math.prod(out_shape) * w.size)
-    if groups > 1 and cg < _GROUP_GEMM_MIN:
-        # Few channels per group: merge ``merge`` neighbouring groups into one dense
-        # convolution with a block-diagonal kernel (``merge`` times the work, but GEMM-fast:
-        # measured 6x faster than the direct loop for 32 groups of 4), else direct loops.
-        merge = -(-_GROUP_GEMM_MIN // cg)
-        if groups % merge or merge * cg > 4 * _GROUP_GEMM_MIN:
-            K.grouped_direct(x, w.reshape(-1, cg, f), y, strides, dilation, before, w.shape[:3], groups,
-                             bias, has_bias, code)
-            return y
+    if path == "grouped_direct":
+        K.grouped_direct(x, w.reshape(-1, cg, f), y, strides, dilation, before, w.shape[:3], groups,
+                         bias, has_bias, code)
+        return y
+    blocks = None
+    if path == "grouped_merged":
+        merge = _group_merge(cg)
         taps = w.shape[:3]
         blocks = np.zeros((groups // merge,) + taps + (merge * cg, merge * fg), x.dtype)
         wg = w.reshape(taps + (cg, groups // merge, merge, fg))
         for j in range(merge):
             blocks[..., j * cg:(j + 1) * cg, j * fg:(j + 1) * fg] = np.moveaxis(wg[..., j, :], -2, 0)
         w, cg, fg, groups = blocks, merge * cg, merge * fg, groups // merge
-    else:
-        blocks = None
     with _blas.single_threaded():
-        if groups == 1 and blocks is None:
+        if path == "dense":
             _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, code)
         else:
             for g in range(groups):
@@ -295,6 +351,22 @@ def _phases(n_in, k, s, d, before, n_out):
     return out
 
 
+def _transpose_phases(x_shape, w_shape, strides, dilation, pads_before, out_shape):
+    """The output phases of a transposed convolution: ``(d, h, w)`` triples of
+    :func:`_phases` entries, every combination of the three axes' phases."""
+    axes = [_phases(x_shape[1 + a], w_shape[a], strides[a], dilation[a], pads_before[a], out_shape[a])
+            for a in range(3)]
+    return list(itertools.product(*axes))
+
+
+def _phase_geometry(parts):
+    """A phase's stride-1 convolution: (input elements cropped at the start of each axis,
+    padding before, dilation, output counts)."""
+    lo = [p[2] for p in parts]
+    return (tuple(max(0, -v) for v in lo), tuple(max(0, v) for v in lo), tuple(p[1] for p in parts),
+            tuple(p[4] for p in parts))
+
+
 def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activation):
     """Transposed convolution as prod(strides) stride-1 convolutions, one per output phase
     (see :func:`_phases`), each a dense GEMM convolution written into its strided slice of
@@ -304,13 +376,11 @@ def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activatio
     f = w.shape[3]
     y = np.empty((n,) + tuple(out_shape) + (f,), x.dtype)
     bias, has_bias, code = _fused(b, activation, x.dtype, f)
-    axes = [_phases(x.shape[1 + a], w.shape[a], strides[a], dilation[a], pads_before[a], out_shape[a])
-            for a in range(3)]
     wc = np.swapaxes(w, 3, 4)  # (k..., C, F): the forward convolution's layout
     covered = 0
     with _blas.single_threaded():
-        for pd, ph, pw in itertools.product(*axes):
-            parts = (pd, ph, pw)
+        for parts in _transpose_phases(x.shape, w.shape, strides, dilation, pads_before, out_shape):
+            pd, ph, pw = parts
             sel = (slice(None),) + tuple(slice(o0, o0 + s * (cnt - 1) + 1, s)
                                          for (_, _, _, o0, cnt), s in zip(parts, strides))
             counts = tuple(p[4] for p in parts)
@@ -323,15 +393,25 @@ def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activatio
                     K.epilogue(flat, bias, has_bias, code)
                     y[sel] = flat.reshape(view.shape)
                 continue
-            lo = [p[2] for p in parts]
-            xs = x[(slice(None),) + tuple(slice(max(0, -v), None) for v in lo)]
+            crop, before, dil, _ = _phase_geometry(parts)
+            xs = x[(slice(None),) + tuple(slice(c0, None) for c0 in crop)]
             wp = np.ascontiguousarray(wc[np.ix_(pd[0], ph[0], pw[0])])
             yp = np.empty((n,) + counts + (f,), x.dtype)
-            _conv_dense(np.ascontiguousarray(xs), wp, yp.reshape(-1, f), counts, (1, 1, 1),
-                        (pd[1], ph[1], pw[1]), tuple(max(0, v) for v in lo), bias, has_bias, code)
+            _conv_dense(np.ascontiguousarray(xs), wp, yp.reshape(-1, f), counts, (1, 1, 1), dil, before,
+                        bias, has_bias, code)
             y[sel] = yp
     assert covered == math.prod(out_shape), "phases must tile the output"
     return y
+
+
+def _depthwise_path(w_shape, strides, dilation):
+    """Which kernel a depthwise convolution takes (see :data:`_PATHS`); shared by
+    :func:`depthwise_conv` and :func:`algorithm`."""
+    if w_shape[4] != 1:
+        return "depthwise_multiplier"
+    if tuple(w_shape[:3]) == (1, 3, 3) and strides[2] == 1 and dilation[2] == 1:
+        return "depthwise_3x3"
+    return "depthwise_tiles"
 
 
 def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
@@ -339,8 +419,9 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
     y = np.empty((x.shape[0],) + tuple(out_shape) + (cm,), x.dtype)
     bias, has_bias, code = _fused(b, activation, x.dtype, cm)
     before = tuple(p[0] for p in pads)
-    if w.shape[4] == 1:
-        # multiplier 1: register-tiled SIMD kernel (bias folded into the accumulators)
+    if _depthwise_path(w.shape, strides, dilation) != "depthwise_multiplier":
+        # multiplier 1: register-tiled SIMD kernel (bias folded into the accumulators; the
+        # kernel itself picks its 3x3 unit-stride tile)
         _threads(x.shape[0] * math.prod(out_shape) * w.size, _DIRECT_PARALLEL_MIN_WORK)
         K.depthwise(np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(-1, cm)), y, strides, dilation,
                     before, w.shape[:3], np.ascontiguousarray(bias), has_bias, code)
@@ -350,25 +431,41 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
     return y
 
 
-def _pool(kernel, x, pool, strides, pads, out_shape):
+def _pool_path(pool, strides):
+    """Which kernel a max or average pooling takes (see :data:`_PATHS`); shared by the
+    pools and :func:`algorithm`."""
+    return "pool_rows3" if pool[2] == 3 and strides[2] == 1 else "pool_direct"
+
+
+def _pool(kind, x, pool, strides, pads, out_shape):
     _threads(x.shape[0] * math.prod(out_shape) * x.shape[-1] * math.prod(pool))
     y = np.empty((x.shape[0],) + tuple(out_shape) + (x.shape[-1],), x.dtype)
-    kernel(x, y, tuple(pool), tuple(strides), tuple(p[0] for p in pads))
+    before = tuple(p[0] for p in pads)
+    if _pool_path(pool, strides) == "pool_rows3":
+        kernel = K.max_pool_rows3 if kind == "max" else K.avg_pool_rows3
+        kernel(np.ascontiguousarray(x), y, tuple(pool), tuple(strides), before)
+    else:
+        (K.max_pool if kind == "max" else K.avg_pool)(x, y, tuple(pool), tuple(strides), before)
     return y
 
 
 def max_pool(x, pool, strides, pads, out_shape):
-    return _pool(K.max_pool, x, pool, strides, pads, out_shape)
+    return _pool("max", x, pool, strides, pads, out_shape)
 
 
 def avg_pool(x, pool, strides, pads, out_shape):
-    return _pool(K.avg_pool, x, pool, strides, pads, out_shape)
+    return _pool("avg", x, pool, strides, pads, out_shape)
 
 
 def _global(x, is_max):
-    _threads(x.size)
-    y = np.empty((x.shape[0], x.shape[-1]), x.dtype)
-    K.global_pool(x.reshape(x.shape[0], -1, x.shape[-1]), y, is_max)
+    n, c = x.shape[0], x.shape[-1]
+    x3 = np.ascontiguousarray(x).reshape(n, -1, c)
+    _threads(x.size, _GLOBAL_PARALLEL_MIN)
+    y = np.empty((n, c), x.dtype)
+    part = _scratch((n, K.gp_chunks(x3.shape[1]), c), x.dtype)
+    (K.global_max_pool if is_max else K.global_sum_pool)(x3, y, part)
+    if not is_max:
+        y /= y.dtype.type(x3.shape[1])  # the mean: sum / count, as NumPy's mean
     return y
 
 
@@ -378,3 +475,100 @@ def global_max_pool(x):
 
 def global_avg_pool(x):
     return _global(x, False)
+
+
+# How each path computes its op, for :func:`algorithm` (and fastconv.explain).
+_PATHS = {
+    "pointwise_gemm": "one GEMM on the channels-last buffer (1x1 stride-1; SciPy sgemm/dgemm, "
+                      "single-threaded per Numba thread, rows split between threads)",
+    "shifted_gemm": "one GEMM per kernel tap on shifted views of the channels-last input, border "
+                    "pixels recomputed directly (SciPy BLAS, single-threaded per Numba thread)",
+    "im2col": "L2-sized tiles of packed patches (implicit im2col), one GEMM per tile "
+              "(SciPy BLAS, single-threaded per Numba thread)",
+    "im2col_t": "L2-sized tiles of patches packed transposed (few input channels), one GEMM per tile "
+                "(SciPy BLAS, single-threaded per Numba thread)",
+    "few_channel_direct": "direct SIMD kernel vectorised along output channels (few input channels): "
+                          "register tiles of 8 pixels x 1 or 4 pixels x 2 channel vectors",
+    "grouped_rot": "direct SIMD kernel for square groups of {g} channels on in-group rotated input "
+                   "vectors, 4 output pixels x one channel vector per tile",
+    "grouped_direct": "direct per-pixel loops applying each group's small matrix (groups of {g} "
+                      "channels that don't merge evenly)",
+    "grouped_merged": "{m} neighbouring groups merged into block-diagonal dense convolutions, each: {dense}",
+    "grouped_gemm": "one dense convolution per group of {g} channels, each: {dense}",
+    "grouped_depthwise": "groups of one channel as a depthwise convolution: {dw}",
+    "depthwise_3x3": "direct SIMD kernel, 4 output pixels x one channel vector per tile, the 3x3 "
+                     "unit-stride tile loading each input column once for its kernel row",
+    "depthwise_tiles": "direct SIMD kernel, 4 output pixels x one channel vector per tile (generic "
+                       "kernel, stride and dilation)",
+    "depthwise_multiplier": "direct per-pixel loop over taps, vectorised by LLVM along channels x "
+                            "multiplier",
+    "transpose_phases": "one stride-1 convolution per output phase ({phases} phases) written into its "
+                        "strided slice of the output: {dense}",
+    "pool_direct": "direct loops over each window, one thread per output row, vectorised by LLVM "
+                   "along channels",
+    "pool_rows3": "direct SIMD kernel for windows 3 wide at stride 1: each input column reduced down "
+                  "the window once, three column results combined per output along the row",
+    "global_chunks": "direct SIMD reduction over position chunks ({chunks} per image, 4 channel "
+                     "vectors per pass), chunks combined in a fixed order",
+}
+
+
+def _dense_text(paths):
+    """Text for the GEMM formulations of several dense convolutions (phases, groups)."""
+    names = list(dict.fromkeys(paths))
+    return " / ".join(_PATHS[p] for p in names)
+
+
+def algorithm(op, *args):
+    """How this backend computes kernel-contract ``op`` for exactly these arguments
+    (for :func:`fastconv.explain`): the path the dispatch takes, in words.
+
+    Parameters
+    ----------
+    op : str
+        A kernel-contract operation (``"conv"``, ``"depthwise_conv"``, ...).
+    *args
+        Its contract arguments, as the backend's function of that name takes them.
+
+    Returns
+    -------
+    str
+        One line.
+    """
+    x = args[0]
+    if op == "conv":
+        _, w, _, strides, dilation, pads, groups, out_shape, _ = args
+        path = _conv_path(w.shape, groups)
+        cg, f = w.shape[3], w.shape[4]
+        before = tuple(p[0] for p in pads)
+        if path == "grouped_depthwise":
+            return _PATHS[path].format(dw=_PATHS[_depthwise_path(w.shape[:3] + (f, 1), strides, dilation)])
+        if path in ("dense", "grouped_gemm", "grouped_merged"):
+            width = cg * (_group_merge(cg) if path == "grouped_merged" else 1)
+            dense = _dense_path(x.shape[0], x.shape[1:4], width, w.shape[:3], strides, dilation, before,
+                                out_shape)
+            if path == "dense":
+                return _PATHS[dense]
+            return _PATHS[path].format(g=cg, m=_group_merge(cg), dense=_PATHS[dense])
+        return _PATHS[path].format(g=cg)
+    if op == "depthwise_conv":
+        _, w, _, strides, dilation = args[:5]
+        return _PATHS[_depthwise_path(w.shape, strides, dilation)]
+    if op == "conv_transpose":
+        _, w, _, strides, dilation, pads_before, out_shape, _ = args
+        c = x.shape[-1]
+        phases = _transpose_phases(x.shape, w.shape, strides, dilation, pads_before, out_shape)
+        dense = []
+        for parts in phases:
+            if not all(p[0] for p in parts):
+                continue
+            crop, before, dil, counts = _phase_geometry(parts)
+            in_shape = tuple(max(0, x.shape[1 + a] - crop[a]) for a in range(3))
+            dense.append(_dense_path(x.shape[0], in_shape, c, tuple(len(p[0]) for p in parts), (1, 1, 1),
+                                     dil, before, counts))
+        return _PATHS["transpose_phases"].format(phases=len(phases), dense=_dense_text(dense) or "bias only")
+    if op in ("max_pool", "avg_pool"):
+        return _PATHS[_pool_path(args[1], args[2])]
+    if op in ("global_max_pool", "global_avg_pool"):
+        return _PATHS["global_chunks"].format(chunks=K.gp_chunks(math.prod(x.shape[1:4])))
+    raise ValueError(f"unknown kernel-contract op {op!r}")
