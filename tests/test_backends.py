@@ -23,7 +23,7 @@ def _auto_backend(op, args):
 
 def test_auto_follows_its_rule_and_skips_missing_backends(monkeypatch):
     from fastconv.backends import _auto, cython
-    x, w = np.ones((1, 9, 9, 16)), np.ones((3, 3, 16, 8))
+    x, w = np.ones((1, 12, 12, 16)), np.ones((3, 3, 16, 8))
     for first in ("numba", "cython"):
         monkeypatch.setitem(_auto.RULE, "conv/dense", (first, "numba" if first == "cython" else "cython"))
         assert _auto_backend("conv2d", (x, w)) == first
@@ -47,9 +47,11 @@ def test_auto_shape_classes():
     cases = [("conv2d", (np.ones((1, 8, 8, 16)), np.ones((1, 1, 16, 8))), {}, "conv/pointwise"),
              ("conv2d", (np.ones((1, 8, 8, 3)), np.ones((3, 3, 3, 8))), {}, "conv/few_channels"),
              ("conv2d", (np.ones((1, 8, 8, 16)), np.ones((3, 3, 4, 8))), {"groups": 4}, "conv/grouped"),
-             ("conv2d", (np.ones((1, 8, 8, 16)), np.ones((3, 3, 16, 8))), {}, "conv/dense"),
+             ("conv2d", (np.ones((1, 12, 12, 16)), np.ones((3, 3, 16, 8))), {}, "conv/dense"),
+             ("conv2d", (np.ones((1, 9, 9, 16)), np.ones((3, 3, 16, 8))), {}, "conv/few_pixels"),
              ("conv1d", (np.ones((1, 4000, 1)), np.ones((255, 1, 1))), {"padding": "same"}, "conv/large_kernel"),
-             ("depthwise_conv2d", (np.ones((1, 8, 8, 16)), np.ones((3, 3, 16, 1))), {}, "depthwise_conv"),
+             ("depthwise_conv2d", (np.ones((1, 8, 8, 16)), np.ones((3, 3, 16, 1))), {}, "depthwise_conv/small"),
+             ("depthwise_conv2d", (np.ones((1, 66, 66, 64)), np.ones((3, 3, 64, 1))), {}, "depthwise_conv/large"),
              ("conv2d_transpose", (np.ones((1, 8, 8, 16)), np.ones((3, 3, 8, 16))), {}, "conv_transpose"),
              ("global_avg_pool2d", (np.ones((1, 8, 8, 16)),), {}, "global_avg_pool")]
     for op, args, kw, cls in cases:

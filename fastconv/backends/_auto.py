@@ -9,25 +9,34 @@ while a compiled backend implements the op. A backend that is not available,
 or lacks the op, is skipped.
 """
 
+import math
+
 from . import _load
 
 #: Shape class -> compiled backends, fastest first (measured; README "backend='auto'").
 RULE = {
-    "conv/pointwise": ("numba", "cython"),
-    "conv/few_channels": ("numba", "cython"),
-    "conv/grouped": ("numba", "cython"),
+    "conv/pointwise": ("cython", "numba"),
+    "conv/few_channels": ("cython", "numba"),
+    "conv/few_pixels": ("numba", "cython"),
+    "conv/grouped": ("cython", "numba"),
     "conv/large_kernel": ("cython", "numba"),
-    "conv/dense": ("numba", "cython"),
-    "conv_transpose": ("numba", "cython"),
-    "depthwise_conv": ("numba", "cython"),
-    "max_pool": ("numba", "cython"),
-    "avg_pool": ("numba", "cython"),
+    "conv/dense": ("cython", "numba"),
+    "conv_transpose": ("cython", "numba"),
+    "depthwise_conv/small": ("numba", "cython"),
+    "depthwise_conv/large": ("cython", "numba"),
+    "max_pool": ("cython", "numba"),
+    "avg_pool": ("cython", "numba"),
     "global_max_pool": ("numba", "cython"),
     "global_avg_pool": ("numba", "cython"),
 }
 
 #: Fewer input channels per group than this, in a convolution without groups: "few_channels".
 FEW_CHANNELS = 8
+#: At most this many output pixels (all images together): "few_pixels" (e.g. ResNet50's
+#: 7x7 stage, where the weights, not the pixels, are the work).
+FEW_PIXELS = 64
+#: Depthwise convolutions producing fewer output values than this: "depthwise_conv/small".
+SMALL_DEPTHWISE = 1 << 18
 
 
 def shape_class(op, args):
@@ -38,6 +47,10 @@ def shape_class(op, args):
     >>> shape_class("conv", (x, w, None, (1, 1, 1), (1, 1, 1), ((0, 0),) * 3, 1, (1, 6, 6)))
     'conv/few_channels'
     """
+    if op == "depthwise_conv":
+        x, w, out = args[0], args[1], args[6]
+        work = x.shape[0] * math.prod(out) * w.shape[3] * w.shape[4]
+        return "depthwise_conv/small" if work < SMALL_DEPTHWISE else "depthwise_conv/large"
     if op != "conv":
         return op
     x, w, _, strides, dilation, pads, groups = args[:7]
@@ -50,6 +63,8 @@ def shape_class(op, args):
         return "conv/large_kernel"
     if w.shape[3] < FEW_CHANNELS:
         return "conv/few_channels"
+    if x.shape[0] * math.prod(args[7]) <= FEW_PIXELS:
+        return "conv/few_pixels"
     return "conv/dense"
 
 
