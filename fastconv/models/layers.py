@@ -12,6 +12,7 @@ nothing else is ever looked up.
 import numpy as np
 
 from .. import activations, backends
+from ..backends import _blas
 from .. import ops as F
 from ..errors import InvalidArgumentError
 from .errors import ModelFormatError, UnsafeModelError, UnsupportedLayerError, WeightMismatchError
@@ -385,6 +386,10 @@ class SeparableConv(_ConvBase):
                  activation=self.activation, data_format=self.fmt, backend=bk)
 
 
+# Dense products smaller than this many multiply-adds run on one BLAS thread.
+_DENSE_THREADED_MIN = 1 << 24
+
+
 class Dense(Layer):
     keras_names = ("Dense",)
 
@@ -415,7 +420,12 @@ class Dense(Layer):
                 f"layer {self.name!r} (Dense): expects last axis {k.shape[0]}; got input of shape {x.shape}")
         # float32 like Keras (a float64 copy of VGG16's classifier alone would take 800 MB);
         # BLAS may pick row-count-dependent kernels, so batch splits agree to rounding only
-        y = np.matmul(x.reshape(-1, k.shape[0]).astype(DTYPE, copy=False), k)
+        x2 = x.reshape(-1, k.shape[0]).astype(DTYPE, copy=False)
+        if x2.shape[0] * k.size < _DENSE_THREADED_MIN:
+            with _blas.numpy_single_threaded():   # see _blas: small threaded products stall
+                y = np.matmul(x2, k)
+        else:
+            y = np.matmul(x2, k)
         y = y.reshape(x.shape[:-1] + (k.shape[1],))
         if self.use_bias:
             y += self.weights["bias"]
