@@ -141,8 +141,13 @@ def test_depthwise_simd_tiles(nb, monkeypatch, shape, kw, dtype):
 def test_depthwise_1d_and_multiplier(dtype):
     _check(fastconv.depthwise_conv1d, _rand(3, 40, 21), _rand(5, 21, 1), _rand(21), dtype=dtype, padding=((8, 0),),
            dilation_rate=2, activation="tanh")
-    # channel multiplier 2: the direct per-channel loop
+    # channel multipliers: input channels repeated, then the multiplier-1 SIMD kernel (10, 21
+    # and 48 channels: masked tails, 3x3 tiles of 8 and 4, strided generic tiles)
     _check(fastconv.depthwise_conv2d, _rand(2, 7, 8, 5), _rand(3, 3, 5, 2), _rand(10), dtype=dtype, padding="same")
+    _check(fastconv.depthwise_conv2d, _rand(1, 6, 21, 7), _rand(3, 3, 7, 3), _rand(21), dtype=dtype, padding="same",
+           activation="relu")
+    _check(fastconv.depthwise_conv2d, _rand(2, 9, 13, 12), _rand(3, 2, 12, 4), dtype=dtype, strides=(1, 2),
+           padding="same")
 
 
 def test_transpose_batches(dtype):
@@ -226,7 +231,7 @@ _PATH_CASES = [
     ("conv2d", ((1, 7, 8, 6), (3, 3, 1, 6)), dict(groups=6), "grouped_depthwise", {"depthwise"}),
     ("depthwise_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1)), dict(padding="same"), "depthwise_3x3", {"depthwise"}),
     ("depthwise_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1)), dict(strides=2), "depthwise_tiles", {"depthwise"}),
-    ("depthwise_conv2d", ((2, 7, 8, 5), (3, 3, 5, 2)), {}, "depthwise_multiplier", {"depthwise_multiplier"}),
+    ("depthwise_conv2d", ((2, 7, 8, 5), (3, 3, 5, 2)), {}, "depthwise_multiplier", {"depthwise"}),
     ("conv2d_transpose", ((2, 7, 6, 3), (3, 3, 6, 3)), dict(strides=2, padding="same"), "transpose_phases",
      {"gemm_rows", "im2col_t_conv"}),
     ("conv2d_transpose", ((1, 16, 16, 32), (3, 3, 8, 32)), dict(strides=2, padding="same"), "transpose_phases",
@@ -251,7 +256,7 @@ def test_algorithm_names_the_path_taken(nb, monkeypatch, op, shapes, kw, path, k
     (call,) = fastconv.explain(op, *args, backend="numba", **kw).calls
     assert nb._PATHS[path].split("{")[0] in call.algorithm, call.algorithm
     names = ["gemm_rows", "shifted_taps", "pixels_conv", "im2col_conv", "im2col_t_conv", "few_channel_conv", "grouped_rot",
-             "grouped_direct", "depthwise", "depthwise_multiplier", "max_pool", "avg_pool", "max_pool_rows3",
+             "grouped_direct", "depthwise", "max_pool", "avg_pool", "max_pool_rows3",
              "avg_pool_rows3", "global_max_pool",
              "global_sum_pool"]
     called = set()

@@ -348,6 +348,68 @@ def _dw_tile_3x3(x, y, o, xc, r0, r1, r2, C, m, k0, k1, k2, k3, k4, k5, k6, k7, 
 
 
 @njit(cache=True, inline="always")
+def _dw_tile_3x3_8(x, y, o, xc, r0, r1, r2, C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b):
+    """Eight neighbouring output pixels of a 3x3, unit-stride depthwise kernel, one vector
+    of channels: each kernel row's 10 input columns are loaded once; eight independent
+    accumulators keep both FMA pipes busy (four leave them waiting on FMA latency)."""
+    a0 = b
+    a1 = b
+    a2 = b
+    a3 = b
+    a4 = b
+    a5 = b
+    a6 = b
+    a7 = b
+    for r in range(3):
+        base = (r0 if r == 0 else (r1 if r == 1 else r2)) + xc
+        w0 = k0 if r == 0 else (k3 if r == 1 else k6)
+        w1 = k1 if r == 0 else (k4 if r == 1 else k7)
+        w2 = k2 if r == 0 else (k5 if r == 1 else k8)
+        v = vload_n(x, base, m)
+        a0 = vfma(v, w0, a0)
+        v = vload_n(x, base + C, m)
+        a0 = vfma(v, w1, a0)
+        a1 = vfma(v, w0, a1)
+        v = vload_n(x, base + 2 * C, m)
+        a0 = vfma(v, w2, a0)
+        a1 = vfma(v, w1, a1)
+        a2 = vfma(v, w0, a2)
+        v = vload_n(x, base + 3 * C, m)
+        a1 = vfma(v, w2, a1)
+        a2 = vfma(v, w1, a2)
+        a3 = vfma(v, w0, a3)
+        v = vload_n(x, base + 4 * C, m)
+        a2 = vfma(v, w2, a2)
+        a3 = vfma(v, w1, a3)
+        a4 = vfma(v, w0, a4)
+        v = vload_n(x, base + 5 * C, m)
+        a3 = vfma(v, w2, a3)
+        a4 = vfma(v, w1, a4)
+        a5 = vfma(v, w0, a5)
+        v = vload_n(x, base + 6 * C, m)
+        a4 = vfma(v, w2, a4)
+        a5 = vfma(v, w1, a5)
+        a6 = vfma(v, w0, a6)
+        v = vload_n(x, base + 7 * C, m)
+        a5 = vfma(v, w2, a5)
+        a6 = vfma(v, w1, a6)
+        a7 = vfma(v, w0, a7)
+        v = vload_n(x, base + 8 * C, m)
+        a6 = vfma(v, w2, a6)
+        a7 = vfma(v, w1, a7)
+        v = vload_n(x, base + 9 * C, m)
+        a7 = vfma(v, w2, a7)
+    vstore_n(y, o, a0, m)
+    vstore_n(y, o + C, a1, m)
+    vstore_n(y, o + 2 * C, a2, m)
+    vstore_n(y, o + 3 * C, a3, m)
+    vstore_n(y, o + 4 * C, a4, m)
+    vstore_n(y, o + 5 * C, a5, m)
+    vstore_n(y, o + 6 * C, a6, m)
+    vstore_n(y, o + 7 * C, a7, m)
+
+
+@njit(cache=True, inline="always")
 def _dw_tile(x, wt, y, o, xc, rows, taps0, nr, KW, C, c0, m, step, tapstep, b):
     """Four output pixels ``step`` apart in the input (any kernel, stride, dilation), one
     vector of channels, every tap of the ``nr`` kernel rows inside the input."""
@@ -397,7 +459,6 @@ def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
     N, D, H, W, C = x.shape
     _, OD, OH, OW, _ = y.shape
     KD, KH, KW = ksize
-    L = lanes(x)
     sw, dw, bw = strides[2], dilation[2], before[2]
     lo, hi = interior_columns(W, OW, KW, sw, dw, bw)
     fast = KD == 1 and KH == 3 and KW == 3 and sw == 1 and dw == 1
@@ -406,6 +467,7 @@ def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
     rows_all = np.empty((N * OD * OH, KD * KH), np.int64)
     taps_all = np.empty((N * OD * OH, KD * KH), np.int64)
     for row in prange(N * OD * OH):
+        L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
         n = row // (OD * OH)
         od = (row // OH) % OD
         oh = row % OH
@@ -433,6 +495,14 @@ def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
                     k6 = vload_n(wt, 6 * C + c0, m)
                     k7 = vload_n(wt, 7 * C + c0, m)
                     k8 = vload_n(wt, 8 * C + c0, m)
+                    while ow + 2 * _TILE <= q1:  # tiles of 8 while they fit
+                        if m == L:
+                            _dw_tile_3x3_8(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1],
+                                           rows[2], C, L, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                        else:
+                            _dw_tile_3x3_8(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1],
+                                           rows[2], C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                        ow += 2 * _TILE
                     while ow < q1:
                         # a last partial tile is moved back to end at q1: it recomputes a few
                         # pixels (same values) instead of taking the slow per-pixel path
@@ -579,12 +649,12 @@ def few_channel_conv(x, w2, y, strides, dilation, before, ksize, bias, has_bias,
     N, D, H, W, C = x.shape
     _, OD, OH, OW, F = y.shape
     KD, KH, KW = ksize
-    L = lanes(x)
     sw, dw, bw = strides[2], dilation[2], before[2]
     lo, hi = interior_columns(W, OW, KW, sw, dw, bw)
     rows_all = np.empty((N * OD * OH, KD * KH), np.int64)
     taps_all = np.empty((N * OD * OH, KD * KH), np.int64)
     for row in prange(N * OD * OH):
+        L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
         n = row // (OD * OH)
         od = (row // OH) % OD
         oh = row % OH
@@ -769,39 +839,6 @@ def grouped_rot(x, wr, y, G, strides, dilation, before, ksize, bias, has_bias, c
             epilogue(y[n, (row // OH) % OD, row % OH], bias, False, code)
 
 
-@njit(parallel=True, cache=True, fastmath={"contract"})
-def depthwise_multiplier(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
-    """Depthwise convolution with a channel multiplier, direct:
-    ``y[.., c*M + m] = sum_tap x[.., c] * w[tap, c, m]``, vectorised along channels; one
-    thread per output row.  ``wt`` is the kernel as contiguous (taps, C * M) rows."""
-    N, D, H, W, C = x.shape
-    M = wt.shape[1] // C
-    _, OD, OH, OW, CM = y.shape
-    in_shape = (D, H, W)
-    zero = np.zeros(1, y.dtype)[0]
-    for row in prange(N * OD * OH):
-        n = row // (OD * OH)
-        od = (row // OH) % OD
-        oh = row % OH
-        taps = np.empty((wt.shape[0], 4), np.int64)
-        for ow in range(OW):
-            dst = y[n, od, oh, ow]
-            for j in range(CM):
-                dst[j] = 0
-            for t in range(window_taps(od, oh, ow, in_shape, ksize, strides, dilation, before, taps)):
-                src = x[n, taps[t, 0], taps[t, 1], taps[t, 2]]
-                wc = wt[taps[t, 3]]
-                if M == 1:
-                    for c in range(C):
-                        dst[c] += src[c] * wc[c]
-                else:
-                    for c in range(C):
-                        v = src[c]
-                        for m in range(M):
-                            dst[c * M + m] += v * wc[c * M + m]
-            finish_pixel(dst, bias, has_bias, code, zero)
-
-
 @njit(parallel=True, cache=True)
 def grouped_direct(x, wt, y, strides, dilation, before, ksize, groups, bias, has_bias, code):
     """Grouped convolution with few channels per group, direct: each group's small
@@ -931,11 +968,11 @@ def _make_pool_rows3(is_max):
     def pool(x, y, ksize, strides, before):
         N, D, H, W, C = x.shape
         _, OD, OH, OW, _ = y.shape
-        L = lanes(x)
         bw = before[2]
         rows_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
         taps_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
         for row in prange(N * OD * OH):
+            L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
             n = row // (OD * OH)
             od = (row // OH) % OD
             oh = row % OH
@@ -1012,9 +1049,9 @@ def _make_global_pool(is_max):
         contiguous scratch ``part`` (N, chunks, C) of per-chunk results."""
         N, P, C = x.shape
         nch = part.shape[1]
-        L = lanes(x)
-        C4 = C - C % (4 * L)
+        C4 = C - C % (4 * lanes(x))
         for job in prange(N * nch):
+            L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
             n = job // nch
             k = job % nch
             p0 = k * P // nch
@@ -1030,6 +1067,7 @@ def _make_global_pool(is_max):
                 else:
                     block1(x, part, o + c0, p + c0, n_pos, C, m)
         # combine the chunks in order (N * chunks * C elements: cheap, serial)
+        L = lanes(x)
         for n in range(N):
             for c0 in range(0, C, L):
                 m = min(L, C - c0)
