@@ -121,15 +121,15 @@ def test_depthwise_3x3_fast_path(kw, dtype):
            activation="relu6", **kw)
 
 
-@pytest.mark.parametrize("shape", [(2, 9, 10, 24), (1, 7, 12, 37), (1, 5, 9, 300), (1, 6, 5, 16)])
+@pytest.mark.parametrize("shape", [(2, 9, 10, 24), (1, 7, 12, 37), (1, 5, 9, 300), (1, 6, 5, 16), (1, 4, 41, 37)])
 @pytest.mark.parametrize("kw", [
     dict(padding="same"), dict(padding="valid"), dict(padding="same", strides=2),
     dict(padding="same", dilation_rate=(1, 2)), dict(padding="same", dilation_rate=(2, 1)),
     dict(padding="same", strides=(2, 1)), dict(padding=((3, 0), (0, 3))),
 ])
 def test_depthwise_simd_tiles(nb, monkeypatch, shape, kw, dtype):
-    # the register-tiled kernel: 3x3 unit-stride tiles, generic tiles (strided or dilated
-    # along W), border pixels, channel tails (37 = 2 x 16 + 5), rows cut into chunks
+    # the register-tiled kernel: 3x3 unit-stride and stride-2 tiles of 8 and 4 pixels (41
+    # columns), generic tiles (strided or dilated along W), border pixels, channel tails (37 = 2 x 16 + 5), rows cut into chunks
     # (300 channels), windows wholly in the padding (explicit 3-pixel padding); threads on
     monkeypatch.setattr(nb, "_DIRECT_PARALLEL_MIN_WORK", 0)
     x = _rand(*shape)
@@ -230,7 +230,9 @@ _PATH_CASES = [
      {"shifted_taps", "pixels_conv"}),
     ("conv2d", ((1, 7, 8, 6), (3, 3, 1, 6)), dict(groups=6), "grouped_depthwise", {"depthwise"}),
     ("depthwise_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1)), dict(padding="same"), "depthwise_3x3", {"depthwise"}),
-    ("depthwise_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1)), dict(strides=2), "depthwise_tiles", {"depthwise"}),
+    ("depthwise_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1)), dict(strides=2), "depthwise_3x3_s2", {"depthwise"}),
+    ("depthwise_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1)), dict(strides=3), "depthwise_tiles", {"depthwise"}),
+    ("depthwise_conv2d", ((2, 9, 10, 24), (2, 5, 24, 1)), {}, "depthwise_tiles", {"depthwise"}),
     ("depthwise_conv2d", ((2, 7, 8, 5), (3, 3, 5, 2)), {}, "depthwise_multiplier", {"depthwise"}),
     ("conv2d_transpose", ((2, 7, 6, 3), (3, 3, 6, 3)), dict(strides=2, padding="same"), "transpose_phases",
      {"gemm_rows", "im2col_t_conv"}),

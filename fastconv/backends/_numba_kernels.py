@@ -410,6 +410,75 @@ def _dw_tile_3x3_8(x, y, o, xc, r0, r1, r2, C, m, k0, k1, k2, k3, k4, k5, k6, k7
 
 
 @njit(cache=True, inline="always")
+def _dw_tile_3x3_s2(x, y, o, xc, r0, r1, r2, C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b):
+    """Eight neighbouring output pixels of a 3x3, stride-2 depthwise kernel (MobileNet's
+    downsampling layers), one vector of channels: each kernel row's 17 input columns are
+    loaded once (the generic tile loads 24 and reloads the weights)."""
+    a0 = b
+    a1 = b
+    a2 = b
+    a3 = b
+    a4 = b
+    a5 = b
+    a6 = b
+    a7 = b
+    for r in range(3):
+        base = (r0 if r == 0 else (r1 if r == 1 else r2)) + xc
+        w0 = k0 if r == 0 else (k3 if r == 1 else k6)
+        w1 = k1 if r == 0 else (k4 if r == 1 else k7)
+        w2 = k2 if r == 0 else (k5 if r == 1 else k8)
+        v = vload_n(x, base, m)
+        a0 = vfma(v, w0, a0)
+        v = vload_n(x, base + 1 * C, m)
+        a0 = vfma(v, w1, a0)
+        v = vload_n(x, base + 2 * C, m)
+        a0 = vfma(v, w2, a0)
+        a1 = vfma(v, w0, a1)
+        v = vload_n(x, base + 3 * C, m)
+        a1 = vfma(v, w1, a1)
+        v = vload_n(x, base + 4 * C, m)
+        a1 = vfma(v, w2, a1)
+        a2 = vfma(v, w0, a2)
+        v = vload_n(x, base + 5 * C, m)
+        a2 = vfma(v, w1, a2)
+        v = vload_n(x, base + 6 * C, m)
+        a2 = vfma(v, w2, a2)
+        a3 = vfma(v, w0, a3)
+        v = vload_n(x, base + 7 * C, m)
+        a3 = vfma(v, w1, a3)
+        v = vload_n(x, base + 8 * C, m)
+        a3 = vfma(v, w2, a3)
+        a4 = vfma(v, w0, a4)
+        v = vload_n(x, base + 9 * C, m)
+        a4 = vfma(v, w1, a4)
+        v = vload_n(x, base + 10 * C, m)
+        a4 = vfma(v, w2, a4)
+        a5 = vfma(v, w0, a5)
+        v = vload_n(x, base + 11 * C, m)
+        a5 = vfma(v, w1, a5)
+        v = vload_n(x, base + 12 * C, m)
+        a5 = vfma(v, w2, a5)
+        a6 = vfma(v, w0, a6)
+        v = vload_n(x, base + 13 * C, m)
+        a6 = vfma(v, w1, a6)
+        v = vload_n(x, base + 14 * C, m)
+        a6 = vfma(v, w2, a6)
+        a7 = vfma(v, w0, a7)
+        v = vload_n(x, base + 15 * C, m)
+        a7 = vfma(v, w1, a7)
+        v = vload_n(x, base + 16 * C, m)
+        a7 = vfma(v, w2, a7)
+    vstore_n(y, o, a0, m)
+    vstore_n(y, o + 1 * C, a1, m)
+    vstore_n(y, o + 2 * C, a2, m)
+    vstore_n(y, o + 3 * C, a3, m)
+    vstore_n(y, o + 4 * C, a4, m)
+    vstore_n(y, o + 5 * C, a5, m)
+    vstore_n(y, o + 6 * C, a6, m)
+    vstore_n(y, o + 7 * C, a7, m)
+
+
+@njit(cache=True, inline="always")
 def _dw_tile(x, wt, y, o, xc, rows, taps0, nr, KW, C, c0, m, step, tapstep, b):
     """Four output pixels ``step`` apart in the input (any kernel, stride, dilation), one
     vector of channels, every tap of the ``nr`` kernel rows inside the input."""
@@ -462,6 +531,7 @@ def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
     sw, dw, bw = strides[2], dilation[2], before[2]
     lo, hi = interior_columns(W, OW, KW, sw, dw, bw)
     fast = KD == 1 and KH == 3 and KW == 3 and sw == 1 and dw == 1
+    fast2 = KD == 1 and KH == 3 and KW == 3 and sw == 2 and dw == 1
     chunk = max(_TILE, (4096 // (C * x.itemsize)) // _TILE * _TILE)
     # per-row kernel-row tables, allocated once (an allocation per row costs ~0.1 us)
     rows_all = np.empty((N * OD * OH, KD * KH), np.int64)
@@ -515,6 +585,24 @@ def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
                                          C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
                         ow += _TILE
                 else:
+                    if fast2 and nr == 3:
+                        k0 = vload_n(wt, c0, m)
+                        k1 = vload_n(wt, C + c0, m)
+                        k2 = vload_n(wt, 2 * C + c0, m)
+                        k3 = vload_n(wt, 3 * C + c0, m)
+                        k4 = vload_n(wt, 4 * C + c0, m)
+                        k5 = vload_n(wt, 5 * C + c0, m)
+                        k6 = vload_n(wt, 6 * C + c0, m)
+                        k7 = vload_n(wt, 7 * C + c0, m)
+                        k8 = vload_n(wt, 8 * C + c0, m)
+                        while ow + 2 * _TILE <= q1:  # stride-2 tiles of 8, then the generic ones
+                            if m == L:
+                                _dw_tile_3x3_s2(x, y, ybase + ow * C + c0, (2 * ow - bw) * C + c0, rows[0],
+                                                rows[1], rows[2], C, L, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                            else:
+                                _dw_tile_3x3_s2(x, y, ybase + ow * C + c0, (2 * ow - bw) * C + c0, rows[0],
+                                                rows[1], rows[2], C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                            ow += 2 * _TILE
                     while ow < q1:
                         ow = max(q0, min(ow, q1 - _TILE))
                         if m == L:

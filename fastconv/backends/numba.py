@@ -16,8 +16,8 @@ How each op is computed (chosen by measurement on this 2-core machine, see READM
   kernel vectorised along the output channels (GEMM's K would be too short);
 * transposed convolutions: one stride-1 convolution per output phase, written
   into its strided slice of the output (no zero insertion, no scatter-add);
-* depthwise (register-tiled SIMD kernel, with 3x3 tiles of 8 or 4 pixels sharing
-  input loads; a depth multiplier M repeats each input channel M times first)
+* depthwise (register-tiled SIMD kernel, with 3x3 stride-1 and stride-2 tiles of 8
+  pixels sharing input loads; a depth multiplier M repeats each input channel M times first)
   and pooling: direct loops, one thread per output row, vectorised along
   channels; pools 3 wide at stride 1 along W reduce each input column once and
   slide three column results along the row (SIMD);
@@ -413,8 +413,8 @@ def _depthwise_path(w_shape, strides, dilation):
     :func:`depthwise_conv` and :func:`algorithm`."""
     if w_shape[4] != 1:
         return "depthwise_multiplier"
-    if tuple(w_shape[:3]) == (1, 3, 3) and strides[2] == 1 and dilation[2] == 1:
-        return "depthwise_3x3"
+    if tuple(w_shape[:3]) == (1, 3, 3) and strides[2] in (1, 2) and dilation[2] == 1:
+        return "depthwise_3x3" if strides[2] == 1 else "depthwise_3x3_s2"
     return "depthwise_tiles"
 
 
@@ -504,6 +504,8 @@ _PATHS = {
     "grouped_depthwise": "groups of one channel as a depthwise convolution: {dw}",
     "depthwise_3x3": "direct SIMD kernel, 8 (or 4) output pixels x one channel vector per tile, the "
                      "3x3 unit-stride tile loading each input column once for its kernel row",
+    "depthwise_3x3_s2": "direct SIMD kernel, 8 (or 4) output pixels x one channel vector per tile, the "
+                        "3x3 stride-2 tile loading each input column once for its kernel row",
     "depthwise_tiles": "direct SIMD kernel, 4 output pixels x one channel vector per tile (generic "
                        "kernel, stride and dilation)",
     "depthwise_multiplier": "input channels repeated by the depth multiplier, then a multiplier-1 "
