@@ -238,11 +238,11 @@ _PATH_CASES = [
      {"gemm_rows", "im2col_t_conv"}),
     ("conv2d_transpose", ((1, 16, 16, 32), (3, 3, 8, 32)), dict(strides=2, padding="same"), "transpose_phases",
      {"gemm_rows", "shifted_taps", "pixels_conv"}),
-    ("max_pool2d", ((2, 9, 10, 24),), {}, "pool_direct", {"max_pool"}),
+    ("max_pool2d", ((2, 9, 10, 24),), {}, "pool_simd", {"max_pool"}),
     ("avg_pool2d", ((2, 9, 10, 24),), dict(pool_size=3, strides=1, padding="same"), "pool_rows3",
      {"avg_pool_rows3"}),
     ("max_pool1d", ((2, 9, 24),), dict(pool_size=3, strides=1), "pool_rows3", {"max_pool_rows3"}),
-    ("avg_pool2d", ((2, 9, 10, 24),), dict(pool_size=3, strides=2), "pool_direct", {"avg_pool"}),
+    ("avg_pool2d", ((2, 9, 10, 24),), dict(pool_size=3, strides=2), "pool_simd", {"avg_pool"}),
     ("global_max_pool2d", ((2, 9, 10, 24),), {}, "global_chunks", {"global_max_pool"}),
     ("global_avg_pool1d", ((2, 90, 24),), {}, "global_chunks", {"global_sum_pool"}),
 ]
@@ -313,3 +313,27 @@ def test_pool_rows3(nb, monkeypatch, kind, shape, kw, dtype):
     np.testing.assert_array_equal(np.isnan(f(x, backend="numba", **kw)), np.isnan(f(x, backend="reference", **kw)))
     if kind == "max":
         np.testing.assert_array_equal(f(x, backend="numba", **kw), f(x, backend="reference", **kw))
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("shape, kw", [
+    ((2, 9, 10, 24), dict(pool_size=2)),
+    ((1, 7, 5, 37), dict(pool_size=(2, 3), strides=2, padding="same")),
+    ((2, 2, 3, 17), dict(pool_size=(5, 4), strides=(1, 3), padding="same")),
+    ((3, 41, 16), dict(pool_size=4, strides=3, padding="same")),
+    ((1, 4, 5, 6, 19), dict(pool_size=2, strides=(1, 2, 2), padding="same")),
+])
+def test_pool_simd(nb, monkeypatch, kind, shape, kw, dtype):
+    # the generic SIMD pool: windows cut by the padding, masked channel tails, 1-D to 3-D;
+    # NaN propagates, -inf stays -inf
+    monkeypatch.setattr(nb, "_PARALLEL_MIN_WORK", 0)
+    f = getattr(fastconv, f"{kind}_pool{len(shape) - 2}d")
+    x = _rand(*shape)
+    _check(f, x, dtype=dtype, **kw)
+    x = x.astype(dtype)
+    x.reshape(-1)[[3, 50]] = np.nan
+    x.reshape(-1)[-1] = -np.inf
+    got, want = f(x, backend="numba", **kw), f(x, backend="reference", **kw)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    if kind == "max":
+        np.testing.assert_array_equal(got, want)

@@ -959,62 +959,6 @@ def grouped_direct(x, wt, y, strides, dilation, before, ksize, groups, bias, has
             finish_pixel(dst, bias, has_bias, code, zero)
 
 
-def _make_pool(is_max):
-    """Max (padded positions never win, NaN propagates) or mean over the real (unpadded)
-    elements of each window; one thread per output row, vectorised along channels.
-    One source, compiled once per kind (``is_max`` is a compile-time constant)."""
-
-    @njit(parallel=True, cache=True)
-    def pool(x, y, ksize, strides, before):
-        N, D, H, W, C = x.shape
-        _, OD, OH, OW, _ = y.shape
-        for row in prange(N * OD * OH):
-            n = row // (OD * OH)
-            od = (row // OH) % OD
-            oh = row % OH
-            for ow in range(OW):
-                dst = y[n, od, oh, ow]
-                count = 0
-                if not is_max:
-                    for c in range(C):
-                        dst[c] = 0
-                for kd in range(ksize[0]):
-                    i_d = od * strides[0] - before[0] + kd
-                    if i_d < 0 or i_d >= D:
-                        continue
-                    for kh in range(ksize[1]):
-                        i_h = oh * strides[1] - before[1] + kh
-                        if i_h < 0 or i_h >= H:
-                            continue
-                        for kw in range(ksize[2]):
-                            i_w = ow * strides[2] - before[2] + kw
-                            if i_w < 0 or i_w >= W:
-                                continue
-                            src = x[n, i_d, i_h, i_w]
-                            if not is_max:
-                                for c in range(C):
-                                    dst[c] += src[c]
-                            elif count == 0:
-                                for c in range(C):
-                                    dst[c] = src[c]
-                            else:
-                                for c in range(C):
-                                    v = src[c]
-                                    if v > dst[c] or v != v:
-                                        dst[c] = v
-                            count += 1
-                if not is_max:
-                    inv = 1.0 / count
-                    for c in range(C):
-                        dst[c] *= inv
-
-    return pool
-
-
-max_pool = _make_pool(True)
-avg_pool = _make_pool(False)
-
-
 def _make_pool_rows3(is_max):
     """Pooling with windows 3 wide along W at stride 1 along W (any extent and stride along
     D and H): each input column is reduced down the window's rows once, and every output
@@ -1079,6 +1023,62 @@ def _make_pool_rows3(is_max):
 
 max_pool_rows3 = _make_pool_rows3(True)
 avg_pool_rows3 = _make_pool_rows3(False)
+
+
+def _make_pool_simd(is_max):
+    """Max (NaN propagates; a window wholly in the padding gives -inf, as the reference's
+    -inf padding) or mean over the real elements of each window, any pool size and
+    strides: one thread per output row, each output pixel's channels as whole vectors
+    (a masked tail), the window's taps checked per kernel row and column."""
+
+    @njit(cache=True, inline="always")
+    def op(a, b):
+        return vmax(a, b) if is_max else vadd(a, b)
+
+    @njit(cache=True, inline="always")
+    def pixel(x, y, o, rows, nr, ow, W, C, KW, sw, bw, c0, m, empty):
+        a = empty
+        cols = 0
+        for kw in range(KW):
+            iw = ow * sw - bw + kw
+            cols += 1 if 0 <= iw < W else 0
+        for r in range(nr):  # taps in the reference's order (kd, kh, kw)
+            for kw in range(KW):
+                iw = ow * sw - bw + kw
+                if 0 <= iw < W:
+                    a = op(a, vload_n(x, rows[r] + iw * C + c0, m))
+        if not is_max:
+            a = vdiv(a, vsplat(x, nr * cols))
+        vstore_n(y, o, a, m)
+
+    @njit(parallel=True, cache=True)
+    def pool(x, y, ksize, strides, before):
+        N, D, H, W, C = x.shape
+        _, OD, OH, OW, _ = y.shape
+        KW, sw, bw = ksize[2], strides[2], before[2]
+        rows_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
+        taps_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
+        for row in prange(N * OD * OH):
+            L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
+            n = row // (OD * OH)
+            od = (row // OH) % OD
+            oh = row % OH
+            rows = rows_all[row]
+            nr = kernel_rows(n, od, oh, x.shape, ksize, strides, (1, 1, 1), before, rows, taps_all[row])
+            empty = vsplat(x, -np.inf) if is_max else vzero(x)
+            for ow in range(OW):
+                o = (row * OW + ow) * C
+                for c0 in range(0, C - C % L, L):
+                    pixel(x, y, o + c0, rows, nr, ow, W, C, KW, sw, bw, c0, L, empty)
+                if C % L:
+                    c0 = C - C % L
+                    pixel(x, y, o + c0, rows, nr, ow, W, C, KW, sw, bw, c0, C % L, empty)
+
+    return pool
+
+
+max_pool = _make_pool_simd(True)
+avg_pool = _make_pool_simd(False)
 
 
 # Global pooling cuts each image's positions into chunks of at least this many positions,

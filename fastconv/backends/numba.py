@@ -18,7 +18,7 @@ How each op is computed (chosen by measurement on this 2-core machine, see READM
   into its strided slice of the output (no zero insertion, no scatter-add);
 * depthwise (register-tiled SIMD kernel, with 3x3 stride-1 and stride-2 tiles of 8
   pixels sharing input loads; a depth multiplier M repeats each input channel M times first)
-  and pooling: direct loops, one thread per output row, vectorised along
+  and pooling: direct SIMD loops, one thread per output row, vectorised along
   channels; pools 3 wide at stride 1 along W reduce each input column once and
   slide three column results along the row (SIMD);
 * global pooling: a SIMD reduction over chunks of positions (a number fixed by
@@ -440,7 +440,7 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
 def _pool_path(pool, strides):
     """Which kernel a max or average pooling takes (see :data:`_PATHS`); shared by the
     pools and :func:`algorithm`."""
-    return "pool_rows3" if pool[2] == 3 and strides[2] == 1 else "pool_direct"
+    return "pool_rows3" if pool[2] == 3 and strides[2] == 1 else "pool_simd"
 
 
 def _pool(kind, x, pool, strides, pads, out_shape):
@@ -451,7 +451,8 @@ def _pool(kind, x, pool, strides, pads, out_shape):
         kernel = K.max_pool_rows3 if kind == "max" else K.avg_pool_rows3
         kernel(np.ascontiguousarray(x), y, tuple(pool), tuple(strides), before)
     else:
-        (K.max_pool if kind == "max" else K.avg_pool)(x, y, tuple(pool), tuple(strides), before)
+        (K.max_pool if kind == "max" else K.avg_pool)(np.ascontiguousarray(x), y, tuple(pool), tuple(strides),
+                                                      before)
     return y
 
 
@@ -512,8 +513,8 @@ _PATHS = {
                             "direct SIMD kernel, 4 or 8 output pixels x one channel vector per tile",
     "transpose_phases": "one stride-1 convolution per output phase ({phases} phases) written into its "
                         "strided slice of the output: {dense}",
-    "pool_direct": "direct loops over each window, one thread per output row, vectorised by LLVM "
-                   "along channels",
+    "pool_simd": "direct SIMD kernel, one thread per output row, each pixel's channels as whole "
+                 "vectors over the window's taps",
     "pool_rows3": "direct SIMD kernel for windows 3 wide at stride 1: each input column reduced down "
                   "the window once, three column results combined per output along the row",
     "global_chunks": "direct SIMD reduction over position chunks ({chunks} per image, 4 channel "
