@@ -3,7 +3,8 @@
 The fixture and property tests run ``backend="cython"`` on small Keras cases; here each
 path of :func:`fastconv.backends._cython_conv.choose_algorithm` is forced with shapes
 that select it (checked), in float32 and float64, with fused epilogues, grouped and
-transposed variants, and with 1 and 2 threads giving identical results.
+transposed variants, with 1 and 2 threads giving identical results, and with a batch
+giving, bit for bit, the results of its images computed in uneven sub-batches.
 """
 
 import numpy as np
@@ -338,3 +339,42 @@ def test_cached_plans_hold_no_weights():
         xt, wt, bt = _arrays((1, 1, 5, 6, 24), (1, 4, 4, 16, 24), np.float32, seed=seed, filters=16)
         targs = ((1, 2, 2), (1, 1, 1), (0, 1, 1), (1, 10, 12), None)
         assert_close(C.conv_transpose(xt, wt, bt, *targs), R.conv_transpose(xt, wt, bt, *targs))
+
+
+# sub-batch sizes that cut a batch of 11 unevenly (a batch alone, pairs, one image, the rest)
+_SPLITS = (0, 1, 3, 4, 6, 11)
+
+
+def _batch_invariant(run, x):
+    """``run`` on the whole batch ``x`` equals, bit for bit, ``run`` on uneven sub-batches."""
+    whole = run(x)
+    parts = np.concatenate([run(x[a:b]) for a, b in zip(_SPLITS[:-1], _SPLITS[1:])])
+    np.testing.assert_array_equal(whole, parts)
+    return whole
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["bias-relu", "plain"])
+@pytest.mark.parametrize("case", FORWARD, ids=[c[0] for c in FORWARD])
+def test_batch_invariant(case, fused, dtype):
+    # an image's result must not depend on the rest of the batch: the pixels each task and
+    # micro-tile covers are laid out within an image, never across the flattened batch
+    _, xs, ws, strides, dilation, pads, groups, algo = case
+    out = _out(xs, ws, strides, dilation, pads)
+    xs = (_SPLITS[-1],) + xs[1:]
+    assert C.choose_algorithm(xs, ws, strides, dilation, groups, pads, out) == algo
+    x, w, b = _arrays(xs, ws, dtype, seed=8)
+    b, act = (b, "relu") if fused else (None, None)
+    y = _batch_invariant(lambda v: C.conv(v, w, b, strides, dilation, pads, groups, out, act), x)
+    assert_close(y, R.conv(x, w, b, strides, dilation, pads, groups, out, act), **_tol(dtype))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["bias-relu", "plain"])
+@pytest.mark.parametrize("case", TRANSPOSED, ids=[str(i) for i in range(len(TRANSPOSED))])
+def test_transposed_batch_invariant(case, fused, dtype):
+    xs, ws, strides, dilation, _ = case
+    xs = (_SPLITS[-1],) + xs[1:]
+    x, w, b = _arrays(xs, ws, dtype, seed=9, filters=ws[3])
+    b, act = (b, "relu") if fused else (None, None)
+    out = tuple((i - 1) * s + k for i, s, k in zip(xs[1:4], strides, ws[:3]))
+    y = _batch_invariant(lambda v: C.conv_transpose(v, w, b, strides, dilation, (0, 0, 0), out, act), x)
+    assert_close(y, R.conv_transpose(x, w, b, strides, dilation, (0, 0, 0), out, act), **_tol(dtype))

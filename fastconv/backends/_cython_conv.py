@@ -45,6 +45,10 @@ slice of the output (no zero insertion, no scatter-add).
 Threads: one OpenMP ``prange`` over tasks per call, with
 ``num_threads = fastconv.get_num_threads()``; BLAS runs single-threaded inside it
 (:func:`fastconv.backends._blas.single_threaded`), so nothing is oversubscribed.
+Results depend neither on the thread count nor on the batch: tasks are laid out within
+images (the GEMM engine splits each image's pixels into the same tiles whatever N; the
+direct engine's runs start at fixed columns of an output row and tasks end at run
+boundaries), so each output pixel always goes through the same code, in the same order.
 Bias and activation are applied to each task's output block while it is in
 cache; the direct kernels, where they store straight into the output (no padded
 channels), start their accumulators from the bias and clamp ReLU / ReLU6 as they
@@ -388,32 +392,51 @@ def _split(total, per_task, min_rows=32):
 
 
 def _gemm_tasks(jobs, n, c, f, groups, item):
-    """Tasks (job, m0, mt, f0, f1) for the GEMM engine, and the scratch length per thread."""
+    """Tasks (job, m0, mt, f0, f1) for the GEMM engine, and the scratch length per thread.
+
+    Each image's output pixels are split into the same tiles whatever the batch size ``n``
+    (a tile never holds pixels of two images): an image's rows then always go through the
+    same BLAS calls, whose results (blocking, kernels for the edges of the matrix) depend on
+    the call's shape, so that an image's result does not depend on the rest of the batch."""
     tasks, need = [], 1
     cg = c // groups
     for j, job in enumerate(jobs):
-        rows = n * math.prod(job[0:3])
-        if rows == 0:
+        pixels = math.prod(job[0:3])
+        if n * pixels == 0:
             continue
         k = math.prod(job[12:15])
         mode, inplace = job[22], job[23]
         per_row = (c + f) if mode == _k.MODE_ROWS else (k * c + (0 if inplace else f))
         per = min(_MAX_ROWS, max(_MIN_ROWS, _TILE_BYTES // (per_row * item)))
-        for m0, mt in _split(rows, per):
-            tasks.append((j, m0, mt, 0, f))
-            need = max(need, (0 if mode == _k.MODE_ROWS else mt * k * cg * groups) + (0 if inplace else mt * f))
+        tiles = _split(pixels, per)
+        for i in range(n):
+            tasks += [(j, i * pixels + m0, mt, 0, f) for m0, mt in tiles]
+        mt = max(mt for _, mt in tiles)
+        need = max(need, (0 if mode == _k.MODE_ROWS else mt * k * cg * groups) + (0 if inplace else mt * f))
     return np.array(tasks, np.intp).reshape(-1, 5), need
 
 
-def _direct_tasks(jobs, n, cg, f):
+def _direct_tasks(jobs, n, cg, f, run_max):
+    """Tasks (job, m0, mt, f0, f1) for the direct engine.
+
+    The engine computes an output row by *runs* of at most ``run_max`` pixels that start at
+    fixed columns (multiples of ``run_max``), and how a run's pixels are tiled (interior
+    micro-tiles, border pixels one at a time) depends on the run alone; task boundaries are
+    put at run boundaries, so that every pixel is computed by the same code, in the same
+    order, whatever the batch size and the split of the work."""
     tasks = []
     for j, job in enumerate(jobs):
+        ow = job[2]
         rows = n * math.prod(job[0:3])
         if rows == 0:
             continue
         per = max(16, _DIRECT_TASK_MACS // max(1, math.prod(job[12:15]) * cg * f))
-        for m0, mt in _split(rows, per, 16):
-            tasks.append((j, m0, mt, 0, f))
+        bounds = {0, rows}
+        for m0, _ in _split(rows, per, 16):
+            r, col = divmod(m0, ow)     # snapped to the nearest run boundary (or row end)
+            bounds.add(r * ow + min(ow, (col + run_max // 2) // run_max * run_max))
+        bounds = sorted(bounds)
+        tasks += [(j, a, b - a, 0, f) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     return np.array(tasks, np.intp).reshape(-1, 5)
 
 
@@ -458,9 +481,9 @@ def _finish_plan(plan, jobs, wrows, n, c, f, groups, dtype):
         plan.fp = fp = -(-f // vl) * vl
         for job, o in zip(jobs, offs):
             job[21] = int(o) * fp
-        plan.tasks = _direct_tasks(jobs, n, c // groups, f)
-        plan.kmax = max([math.prod(job[12:15]) for job in jobs] + [1])
         plan.run_max = max(8, min(max(job[2] for job in jobs), _RUN_BYTES // (fp * item)))
+        plan.tasks = _direct_tasks(jobs, n, c // groups, f, plan.run_max)
+        plan.kmax = max([math.prod(job[12:15]) for job in jobs] + [1])
         plan.blk, idx, plan.ns = _blocks(c, f, groups, dtype)
         plan.idx = idx.reshape(-1).view(np.uint8)
         plan.tile_outer = bool(plan.blk[:, 1].any())
@@ -483,8 +506,8 @@ def _run(plan, x, wm, y, b, activation):
     if plan.engine == "direct":
         scratch = _scratch(threads, plan.run_max * plan.fp, x.dtype)
         iscratch = _scratch(threads, 6 * plan.kmax, np.intp, slot=1)
-        _k.direct_conv(x, wm, y, plan.jobs, plan.tasks, scratch, iscratch, bias, has_bias, code, threads,
-                       plan.cg, plan.blk, plan.idx, plan.ns, plan.tile_outer)
+        _k.direct_conv(x, wm, y, plan.jobs, plan.tasks, scratch, plan.run_max, iscratch, bias, has_bias, code,
+                       threads, plan.cg, plan.blk, plan.idx, plan.ns, plan.tile_outer)
     else:
         scratch = _scratch(threads, plan.need, x.dtype)
         with _blas.single_threaded():

@@ -881,11 +881,13 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
         t = t // J.o[1]
         od = t % J.o[0]
         n = t // J.o[0]
-        run = J.o[2] - ow
+        # runs end at the row's multiples of run_max (fixed columns, whatever the task: the
+        # driver puts task boundaries there), so a pixel's tiling never depends on the batch
+        run = run_max - ow % run_max
+        if run > J.o[2] - ow:
+            run = J.o[2] - ow
         if run > end - m:
             run = end - m
-        if run > run_max:
-            run = run_max
         nrow = 0
         for kd in range(KD):
             i_d = od * J.s[0] - J.p[0] + kd * J.d[0]
@@ -983,19 +985,20 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
 
 def direct_conv(const real[:, :, :, :, ::1] x, const real[:, ::1] wpad, real[:, :, :, :, ::1] y,
                 const Py_ssize_t[:, ::1] jobs, const Py_ssize_t[:, ::1] tasks, real[:, ::1] scratch,
-                Py_ssize_t[:, ::1] iscratch, const real[::1] bias, bint has_bias, int code, int num_threads,
-                Py_ssize_t Cg, const Py_ssize_t[:, ::1] blk, const unsigned char[::1] idx, int NS,
+                Py_ssize_t run_max, Py_ssize_t[:, ::1] iscratch, const real[::1] bias, bint has_bias, int code,
+                int num_threads, Py_ssize_t Cg, const Py_ssize_t[:, ::1] blk, const unsigned char[::1] idx, int NS,
                 bint tile_outer):
     """Run direct tasks: ``wpad`` is the jobs' weight matrices, each (K * Cg, Fp)
     with the output channels zero-padded to ``Fp``, a whole number of 64-byte vectors;
     ``blk`` (Fp / VL, 3) describes the column blocks (see above), ``idx`` (bytes of an
     int32 (float) or int64 (double) array (Fp / VL, Cg, VL)) the permuting blocks' index
     vectors into their ``NS`` input vectors; ``scratch`` rows hold a run of outputs per thread
-    (``run_max = len // Fp`` pixels), ``iscratch`` rows 6 * K tap offsets."""
+    (``run_max`` pixels, at least, of Fp channels); runs start at the multiples of ``run_max``
+    along an output row, and every task starts and ends at such a run boundary (or a row's
+    end); ``iscratch`` rows hold 6 * K tap offsets."""
     cdef Py_ssize_t D = x.shape[1], H = x.shape[2], W = x.shape[3], C = x.shape[4]
     cdef Py_ssize_t YD = y.shape[1], YH = y.shape[2], YW = y.shape[3], F = y.shape[4]
     cdef Py_ssize_t Fp = wpad.shape[1], VL = VECTOR_BYTES // sizeof(real), i, tid
-    cdef Py_ssize_t run_max = scratch.shape[1] // Fp
     cdef Job J
     cdef const real* bp = &bias[0] if has_bias else NULL
     cdef const real* wp = &wpad[0, 0]
