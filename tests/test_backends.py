@@ -107,3 +107,41 @@ def test_max_pool_propagates_nan_on_every_backend():
         y = fastconv.max_pool2d(x, backend=backend)
         assert np.isnan(y[0, 0, 0, 0]) and not np.isnan(y[0, 0, 0, 1]), backend
         assert not np.isnan(y[0, 1, 1, 0])
+
+
+# every path the benchmark shapes reach, at small sizes: a batch computed whole must equal the
+# same images computed in uneven sub-batches, bit for bit (a model's outputs then never depend on
+# batch_size, and fastconv.dask's chunks give exactly what an in-process predict gives)
+_SPLIT_CASES = [
+    ("conv2d", (12, 12, 1), (3, 3, 1, 75), dict(padding="same", activation="relu")),
+    ("conv2d", (12, 12, 3), (3, 3, 3, 32), dict(padding="same", strides=2)),
+    ("conv2d", (12, 12, 64), (3, 3, 64, 64), dict(padding="same")),
+    ("conv2d", (12, 12, 64), (3, 3, 64, 75), dict(padding="valid", activation="relu")),
+    ("conv2d", (12, 12, 256), (1, 1, 256, 64), {}),
+    ("conv2d", (7, 7, 128), (3, 3, 128, 96), dict(padding="same")),
+    ("conv2d", (12, 12, 128), (3, 3, 4, 128), dict(padding="same", groups=32)),
+    ("conv2d", (12, 12, 64), (3, 3, 16, 64), dict(padding="same", groups=4)),
+    ("conv1d", (40, 16), (5, 16, 24), dict(padding="causal", dilation_rate=2)),
+    ("conv3d", (6, 8, 8, 1), (3, 3, 3, 1, 16), {}),
+    ("depthwise_conv2d", (12, 12, 32), (3, 3, 32, 1), dict(padding="same")),
+    ("depthwise_conv2d", (13, 13, 32), (3, 3, 32, 2), dict(padding="same", strides=2)),
+    ("conv2d_transpose", (6, 6, 32), (3, 3, 64, 32), dict(padding="same", strides=2)),
+    ("conv2d_transpose", (6, 6, 8), (4, 4, 16, 8), dict(padding="valid", strides=2)),
+    ("max_pool2d", (12, 12, 32), None, dict(pool_size=3, strides=2)),
+    ("avg_pool2d", (12, 12, 32), None, dict(pool_size=3, strides=1, padding="same")),
+    ("global_avg_pool2d", (12, 12, 32), None, {}),
+    ("global_max_pool2d", (12, 12, 32), None, {}),
+]
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython", "reference"])
+@pytest.mark.parametrize("op, x_shape, w_shape, kwargs", _SPLIT_CASES,
+                         ids=[f"{c[0]}-{'x'.join(map(str, c[1]))}-{i}" for i, c in enumerate(_SPLIT_CASES)])
+def test_results_do_not_depend_on_the_batch_split(backend, op, x_shape, w_shape, kwargs):
+    rng = np.random.default_rng(0)
+    x = rng.random((23,) + x_shape, np.float32) - 0.5
+    args = [x] + ([rng.random(w_shape, np.float32) - 0.5] if w_shape else [])
+    f = getattr(fastconv, op)
+    whole = f(*args, backend=backend, **kwargs)
+    parts = np.concatenate([f(x[i:i + 5], *args[1:], backend=backend, **kwargs) for i in range(0, 23, 5)])
+    np.testing.assert_array_equal(whole, parts)
