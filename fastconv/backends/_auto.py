@@ -17,7 +17,7 @@ from . import _load
 RULE = {
     "conv/pointwise": ("cython", "numba"),
     "conv/few_channels": ("cython", "numba"),
-    "conv/few_pixels": ("numba", "cython"),
+    "conv/few_pixels": ("cython", "numba"),
     "conv/grouped": ("cython", "numba"),
     "conv/large_kernel": ("cython", "numba"),
     "conv/dense": ("cython", "numba"),
