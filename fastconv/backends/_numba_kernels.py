@@ -959,6 +959,49 @@ def grouped_direct(x, wt, y, strides, dilation, before, ksize, groups, bias, has
             finish_pixel(dst, bias, has_bias, code, zero)
 
 
+def _njit_as(name, **options):
+    """``njit(**options)`` for a kernel made by a factory, under its own ``name``: Numba names
+    its on-disk cache after the function's qualified name, so two variants of one closure
+    would share (and keep overwriting) one cache entry and recompile in every new process."""
+    def decorate(fn):
+        fn.__name__ = fn.__qualname__ = name
+        return njit(**options)(fn)
+    return decorate
+
+
+@njit(cache=True, inline="always")
+def _pool_op(a, b, is_max):
+    return vmax(a, b) if is_max else vadd(a, b)
+
+
+@njit(cache=True, inline="always")
+def _rows3_column(x, rows, nr, iw, W, C, c0, m, empty, is_max):
+    """Input column ``iw`` reduced over the ``nr`` kernel rows; ``empty`` (the identity:
+    -inf or 0) for a column in the padding."""
+    if iw < 0 or iw >= W or nr == 0:
+        return empty
+    o = iw * C + c0
+    v = vload_n(x, rows[0] + o, m)
+    for r in range(1, nr):
+        v = _pool_op(v, vload_n(x, rows[r] + o, m), is_max)
+    return v
+
+
+@njit(cache=True, inline="always")
+def _rows3_slide(x, y, rows, nr, ybase, OW, W, C, c0, m, bw, empty, is_max):
+    v0 = _rows3_column(x, rows, nr, -bw, W, C, c0, m, empty, is_max)
+    v1 = _rows3_column(x, rows, nr, 1 - bw, W, C, c0, m, empty, is_max)
+    for ow in range(OW):
+        v2 = _rows3_column(x, rows, nr, ow - bw + 2, W, C, c0, m, empty, is_max)
+        a = _pool_op(_pool_op(v0, v1, is_max), v2, is_max)
+        if not is_max:  # the mean over the real elements
+            cols = min(W, ow - bw + 3) - max(0, ow - bw)
+            a = vdiv(a, vsplat(x, nr * cols))
+        vstore_n(y, ybase + ow * C + c0, a, m)
+        v0 = v1
+        v1 = v2
+
+
 def _make_pool_rows3(is_max):
     """Pooling with windows 3 wide along W at stride 1 along W (any extent and stride along
     D and H): each input column is reduced down the window's rows once, and every output
@@ -966,37 +1009,7 @@ def _make_pool_rows3(is_max):
     output row, one vector of channels at a time.  Max (NaN propagates) or mean over the
     real elements.  ``x`` and ``y`` contiguous."""
 
-    @njit(cache=True, inline="always")
-    def op(a, b):
-        return vmax(a, b) if is_max else vadd(a, b)
-
-    @njit(cache=True, inline="always")
-    def column(x, rows, nr, iw, W, C, c0, m, empty):
-        """Input column ``iw`` reduced over the ``nr`` kernel rows; ``empty`` (the identity:
-        -inf or 0) for a column in the padding."""
-        if iw < 0 or iw >= W or nr == 0:
-            return empty
-        o = iw * C + c0
-        v = vload_n(x, rows[0] + o, m)
-        for r in range(1, nr):
-            v = op(v, vload_n(x, rows[r] + o, m))
-        return v
-
-    @njit(cache=True, inline="always")
-    def slide(x, y, rows, nr, ybase, OW, W, C, c0, m, bw, empty):
-        v0 = column(x, rows, nr, -bw, W, C, c0, m, empty)
-        v1 = column(x, rows, nr, 1 - bw, W, C, c0, m, empty)
-        for ow in range(OW):
-            v2 = column(x, rows, nr, ow - bw + 2, W, C, c0, m, empty)
-            a = op(op(v0, v1), v2)
-            if not is_max:  # the mean over the real elements
-                cols = min(W, ow - bw + 3) - max(0, ow - bw)
-                a = vdiv(a, vsplat(x, nr * cols))
-            vstore_n(y, ybase + ow * C + c0, a, m)
-            v0 = v1
-            v1 = v2
-
-    @njit(parallel=True, cache=True)
+    @_njit_as("max_pool_rows3" if is_max else "avg_pool_rows3", parallel=True, cache=True)
     def pool(x, y, ksize, strides, before):
         N, D, H, W, C = x.shape
         _, OD, OH, OW, _ = y.shape
@@ -1014,9 +1027,9 @@ def _make_pool_rows3(is_max):
             for c0 in range(0, C, L):
                 m = min(L, C - c0)
                 if m == L:  # a constant mask: plain loads and stores once inlined
-                    slide(x, y, rows, nr, row * OW * C, OW, W, C, c0, L, bw, empty)
+                    _rows3_slide(x, y, rows, nr, row * OW * C, OW, W, C, c0, L, bw, empty, is_max)
                 else:
-                    slide(x, y, rows, nr, row * OW * C, OW, W, C, c0, m, bw, empty)
+                    _rows3_slide(x, y, rows, nr, row * OW * C, OW, W, C, c0, m, bw, empty, is_max)
 
     return pool
 
@@ -1025,33 +1038,30 @@ max_pool_rows3 = _make_pool_rows3(True)
 avg_pool_rows3 = _make_pool_rows3(False)
 
 
+@njit(cache=True, inline="always")
+def _psimd_pixel(x, y, o, rows, nr, ow, W, C, KW, sw, bw, c0, m, empty, is_max):
+    a = empty
+    cols = 0
+    for kw in range(KW):
+        iw = ow * sw - bw + kw
+        cols += 1 if 0 <= iw < W else 0
+    for r in range(nr):  # taps in the reference's order (kd, kh, kw)
+        for kw in range(KW):
+            iw = ow * sw - bw + kw
+            if 0 <= iw < W:
+                a = _pool_op(a, vload_n(x, rows[r] + iw * C + c0, m), is_max)
+    if not is_max:
+        a = vdiv(a, vsplat(x, nr * cols))
+    vstore_n(y, o, a, m)
+
+
 def _make_pool_simd(is_max):
     """Max (NaN propagates; a window wholly in the padding gives -inf, as the reference's
     -inf padding) or mean over the real elements of each window, any pool size and
     strides: one thread per output row, each output pixel's channels as whole vectors
     (a masked tail), the window's taps checked per kernel row and column."""
 
-    @njit(cache=True, inline="always")
-    def op(a, b):
-        return vmax(a, b) if is_max else vadd(a, b)
-
-    @njit(cache=True, inline="always")
-    def pixel(x, y, o, rows, nr, ow, W, C, KW, sw, bw, c0, m, empty):
-        a = empty
-        cols = 0
-        for kw in range(KW):
-            iw = ow * sw - bw + kw
-            cols += 1 if 0 <= iw < W else 0
-        for r in range(nr):  # taps in the reference's order (kd, kh, kw)
-            for kw in range(KW):
-                iw = ow * sw - bw + kw
-                if 0 <= iw < W:
-                    a = op(a, vload_n(x, rows[r] + iw * C + c0, m))
-        if not is_max:
-            a = vdiv(a, vsplat(x, nr * cols))
-        vstore_n(y, o, a, m)
-
-    @njit(parallel=True, cache=True)
+    @_njit_as("max_pool_simd" if is_max else "avg_pool_simd", parallel=True, cache=True)
     def pool(x, y, ksize, strides, before):
         N, D, H, W, C = x.shape
         _, OD, OH, OW, _ = y.shape
@@ -1069,10 +1079,10 @@ def _make_pool_simd(is_max):
             for ow in range(OW):
                 o = (row * OW + ow) * C
                 for c0 in range(0, C - C % L, L):
-                    pixel(x, y, o + c0, rows, nr, ow, W, C, KW, sw, bw, c0, L, empty)
+                    _psimd_pixel(x, y, o + c0, rows, nr, ow, W, C, KW, sw, bw, c0, L, empty, is_max)
                 if C % L:
                     c0 = C - C % L
-                    pixel(x, y, o + c0, rows, nr, ow, W, C, KW, sw, bw, c0, C % L, empty)
+                    _psimd_pixel(x, y, o + c0, rows, nr, ow, W, C, KW, sw, bw, c0, C % L, empty, is_max)
 
     return pool
 
@@ -1094,44 +1104,42 @@ def gp_chunks(P):
     return max(1, min(GP_MAX_CHUNKS, P // GP_MIN_CHUNK))
 
 
+@njit(cache=True, inline="always")
+def _gpool_block4(x, part, o, p, n_pos, C, c0, is_max):
+    """Four full vectors of channels ``c0..`` over ``n_pos`` positions from flat index
+    ``o``: four independent accumulators in registers, one pass down the positions."""
+    L = lanes(x)
+    a0 = vload(x, o)
+    a1 = vload(x, o + L)
+    a2 = vload(x, o + 2 * L)
+    a3 = vload(x, o + 3 * L)
+    for _ in range(1, n_pos):
+        o += C
+        a0 = _pool_op(a0, vload(x, o), is_max)
+        a1 = _pool_op(a1, vload(x, o + L), is_max)
+        a2 = _pool_op(a2, vload(x, o + 2 * L), is_max)
+        a3 = _pool_op(a3, vload(x, o + 3 * L), is_max)
+    vstore(part, p, a0)
+    vstore(part, p + L, a1)
+    vstore(part, p + 2 * L, a2)
+    vstore(part, p + 3 * L, a3)
+
+
+@njit(cache=True, inline="always")
+def _gpool_block1(x, part, o, p, n_pos, C, m, is_max):
+    """One vector of ``m`` channels (a masked tail when ``m`` < lanes)."""
+    a = vload_n(x, o, m)
+    for _ in range(1, n_pos):
+        o += C
+        a = _pool_op(a, vload_n(x, o, m), is_max)
+    vstore_n(part, p, a, m)
+
+
 def _make_global_pool(is_max):
     """Max (NaN propagates) or sum of every position of each image; one source compiled
     once per kind (``is_max`` is a compile-time constant)."""
 
-    @njit(cache=True, inline="always")
-    def op(a, b):
-        return vmax(a, b) if is_max else vadd(a, b)
-
-    @njit(cache=True, inline="always")
-    def block4(x, part, o, p, n_pos, C, c0):
-        """Four full vectors of channels ``c0..`` over ``n_pos`` positions from flat index
-        ``o``: four independent accumulators in registers, one pass down the positions."""
-        L = lanes(x)
-        a0 = vload(x, o)
-        a1 = vload(x, o + L)
-        a2 = vload(x, o + 2 * L)
-        a3 = vload(x, o + 3 * L)
-        for _ in range(1, n_pos):
-            o += C
-            a0 = op(a0, vload(x, o))
-            a1 = op(a1, vload(x, o + L))
-            a2 = op(a2, vload(x, o + 2 * L))
-            a3 = op(a3, vload(x, o + 3 * L))
-        vstore(part, p, a0)
-        vstore(part, p + L, a1)
-        vstore(part, p + 2 * L, a2)
-        vstore(part, p + 3 * L, a3)
-
-    @njit(cache=True, inline="always")
-    def block1(x, part, o, p, n_pos, C, m):
-        """One vector of ``m`` channels (a masked tail when ``m`` < lanes)."""
-        a = vload_n(x, o, m)
-        for _ in range(1, n_pos):
-            o += C
-            a = op(a, vload_n(x, o, m))
-        vstore_n(part, p, a, m)
-
-    @njit(parallel=True, cache=True)
+    @_njit_as("global_max_pool" if is_max else "global_sum_pool", parallel=True, cache=True)
     def pool(x, y, part):
         """``y[n] = max or sum over p of x[n, p]`` for contiguous ``x`` (N, P, C), via the
         contiguous scratch ``part`` (N, chunks, C) of per-chunk results."""
@@ -1147,13 +1155,13 @@ def _make_global_pool(is_max):
             o = (n * P + p0) * C
             p = job * C
             for c0 in range(0, C4, 4 * L):
-                block4(x, part, o + c0, p + c0, n_pos, C, c0)
+                _gpool_block4(x, part, o + c0, p + c0, n_pos, C, c0, is_max)
             for c0 in range(C4, C, L):
                 m = min(L, C - c0)
                 if m == L:
-                    block1(x, part, o + c0, p + c0, n_pos, C, L)
+                    _gpool_block1(x, part, o + c0, p + c0, n_pos, C, L, is_max)
                 else:
-                    block1(x, part, o + c0, p + c0, n_pos, C, m)
+                    _gpool_block1(x, part, o + c0, p + c0, n_pos, C, m, is_max)
         # combine the chunks in order (N * chunks * C elements: cheap, serial)
         L = lanes(x)
         for n in range(N):
@@ -1162,7 +1170,7 @@ def _make_global_pool(is_max):
                 q = n * nch * C + c0
                 a = vload_n(part, q, m)
                 for k in range(1, nch):
-                    a = op(a, vload_n(part, q + k * C, m))
+                    a = _pool_op(a, vload_n(part, q + k * C, m), is_max)
                 vstore_n(y, n * C + c0, a, m)
 
     return pool
