@@ -73,6 +73,7 @@ import scipy.fft
 from .. import activations
 from .._threads import get_num_threads
 from . import _blas
+from ._geometry import transpose_phases as _phases
 from ._cython import conv as _k
 
 OPS = frozenset({"conv", "conv_transpose"})
@@ -545,37 +546,6 @@ def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
 
 # ---------------------------------------------------------------- conv_transpose
 
-def _phases(n_in, k, s, d, before, n_out):
-    """One axis of a transposed convolution, split into its ``s`` output phases.
-
-    Input ``i`` reaches output ``o`` through tap ``t`` when ``o + before = i * s + t * d``
-    (Keras refuses ``s > 1`` with ``d > 1``).  Phase ``r`` holds the outputs
-    ``o = j * s + r - before``; they take the taps ``t = r + u * s`` (``u < U``) from
-    inputs ``i = j - u * d'`` (``d' = d`` if ``s == 1`` else 1), which is a stride-1
-    correlation of ``x`` with those taps in reverse order: job output ``q`` (``j = j0 + q``)
-    reads ``x[q + v * d' - pad]`` with tap ``r + (U - 1 - v) * s`` and
-    ``pad = (U - 1) * d' - j0``.
-
-    Returns
-    -------
-    list of (taps, d', pad, first output o, output step s, count)
-        One entry per phase with outputs; ``taps`` (kernel indices, correlation order)
-        is empty when no tap reaches the phase.
-    """
-    out = []
-    d_eff = d if s == 1 else 1
-    for r in range(s):
-        taps = list(range(r, k, s))[::-1]
-        j0 = -((r - before) // s)               # ceil((before - r) / s)
-        j1 = (n_out - 1 + before - r) // s
-        count = j1 - j0 + 1
-        if count <= 0:
-            continue
-        pad = (len(taps) - 1) * d_eff - j0 if taps else 0
-        out.append((taps, d_eff, pad, j0 * s + r - before, s, count))
-    return out
-
-
 @functools.lru_cache(maxsize=256)
 def _transpose_plan(x_shape, w_shape, strides, dilation, pads_before, out_shape, dtype):
     n, c = x_shape[0], x_shape[-1]
@@ -588,10 +558,10 @@ def _transpose_plan(x_shape, w_shape, strides, dilation, pads_before, out_shape,
     jobs, wrows, taps = [], [], []
     inplace = strides == (1, 1, 1)
     macs = 0
+    step = tuple(strides)
     for parts in itertools.product(*axes):
-        counts = tuple(p[5] for p in parts)
+        counts = tuple(p[4] for p in parts)
         y0 = tuple(p[3] for p in parts)
-        step = tuple(p[4] for p in parts)
         if not all(p[0] for p in parts):
             jobs.append(_job(counts, (0, 0, 0), (1, 1, 1), (1, 1, 1), (0, 0, 0), y0, step, 0, _k.MODE_ZERO,
                              inplace))

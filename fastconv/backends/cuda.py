@@ -542,15 +542,10 @@ def concatenate(arrays, axis=-1):
     shape = list(arrays[0].shape)
     shape[axis] = sum(a.shape[axis] for a in arrays)
     out = _empty(shape, arrays[0].dtype)
-    lead = (1,) * (5 - nd)
     off = 0
     for a in arrays:
-        part = out[(slice(None),) * axis + (slice(off, off + a.shape[axis]),)]
+        _copy_into(a, out[(slice(None),) * axis + (slice(off, off + a.shape[axis]),)])
         off += a.shape[axis]
-        if a.size:
-            _launch(_kernels(out.dtype)["copy5"], a.size,
-                    _view(a, lead + tuple(a.shape), (0,) * len(lead) + tuple(a.strides)),
-                    _view(part, lead + tuple(part.shape), (0,) * len(lead) + tuple(part.strides)))
     return out
 
 

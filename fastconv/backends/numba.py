@@ -47,6 +47,7 @@ import numpy as np
 
 from .._threads import get_num_threads
 from . import _blas
+from ._geometry import transpose_phases as _phases
 from . import _numba_kernels as K
 
 NAME = "numba"
@@ -330,29 +331,6 @@ def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
                 _conv_dense(x[..., g * cg:(g + 1) * cg], wgrp, y2[:, g * fg:(g + 1) * fg], out_shape,
                             strides, dilation, before, bias[g * fg:(g + 1) * fg], has_bias, code)
     return y
-
-
-def _phases(n_in, k, s, d, before, n_out):
-    """Split one axis of a transposed convolution into its ``s`` output phases.
-
-    Output ``o`` receives input ``i`` through tap ``t`` when ``o + before = i * s + t * d``.
-    (Keras allows dilation > 1 only with stride 1.)  The outputs ``o = s * j + r - before``
-    of phase ``r`` take taps ``t = r, r + s, ...`` and form a stride-1 correlation of the input
-    with those taps reversed: ``y_r[j] = sum_u x[j - u * d] w[r + s * u]``.  Per phase:
-    (taps in correlation order, dilation, padding before, first output, count, first j).
-    """
-    out = []
-    d_eff = d if s == 1 else 1
-    for r in range(s):
-        taps = list(range(r, k, s))[::-1]
-        j0 = -((r - before) // s)           # ceil((before - r) / s)
-        j1 = (n_out - 1 + before - r) // s
-        count = j1 - j0 + 1
-        if count <= 0:
-            continue
-        lo = (len(taps) - 1) * d_eff - j0
-        out.append((taps, d_eff, lo, s * j0 + r - before, count))
-    return out
 
 
 def _transpose_phases(x_shape, w_shape, strides, dilation, pads_before, out_shape):

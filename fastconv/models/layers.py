@@ -799,20 +799,20 @@ class Reshape(Layer):
             raise ModelFormatError(f"layer {self.name!r} (Reshape): bad target_shape {t!r}")
         self.target = tuple(t)
 
-    def call(self, x, backend):
+    def _shape(self, x):
+        """The output shape for ``x`` (the target with -1 resolved), or an error naming both."""
         n = int(np.prod(x.shape[1:]))
         known = int(np.prod([v for v in self.target if v != -1]))
         if (-1 in self.target and (known == 0 or n % known)) or (-1 not in self.target and known != n):
             raise InvalidArgumentError(
                 f"layer {self.name!r} (Reshape): cannot reshape {x.shape[1:]} to {self.target}")
-        return x.reshape((x.shape[0],) + self.target)
+        return (x.shape[0],) + tuple(n // known if v == -1 else v for v in self.target)
+
+    def call(self, x, backend):
+        return x.reshape(self._shape(x))
 
     def call_cuda(self, x, cu):
-        n = int(np.prod(x.shape[1:]))
-        known = int(np.prod([v for v in self.target if v != -1]))
-        if (-1 in self.target and (known == 0 or n % known)) or (-1 not in self.target and known != n):
-            return self.call(x, "cuda")   # the error
-        return cu.reshape(x, (x.shape[0],) + tuple(n // known if v == -1 else v for v in self.target))
+        return cu.reshape(x, self._shape(x))
 
 
 class Permute(Layer):
@@ -963,6 +963,8 @@ def _linear_resize_axis(x, axis, out):
 class Merge(Layer):
     keras_names = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
     multi_input = True
+    _UFUNCS = {"Add": np.add, "Multiply": np.multiply, "Average": np.add,
+               "Maximum": np.maximum, "Minimum": np.minimum}
 
     def call(self, xs, backend):
         if not isinstance(xs, (list, tuple)) or len(xs) < 1:
@@ -971,8 +973,7 @@ class Merge(Layer):
             if len(xs) != 2:
                 raise InvalidArgumentError(f"layer {self.name!r} (Subtract): expects exactly 2 inputs; got {len(xs)}")
             return xs[0] - xs[1]
-        op = {"Add": np.add, "Multiply": np.multiply, "Average": np.add,
-              "Maximum": np.maximum, "Minimum": np.minimum}[self.class_name]
+        op = self._UFUNCS[self.class_name]
         y = xs[0]
         for t in xs[1:]:
             y = op(y, t)
@@ -1006,8 +1007,7 @@ class Merge(Layer):
             if len(xs) != 2:
                 return self.call(xs, backend)
             return np.subtract(xs[0], xs[1], out=out)
-        op = {"Add": np.add, "Multiply": np.multiply, "Average": np.add,
-              "Maximum": np.maximum, "Minimum": np.minimum}[self.class_name]
+        op = self._UFUNCS[self.class_name]
         op(xs[0], xs[1], out=out)
         for t in xs[2:]:
             op(out, t, out=out)
