@@ -5,13 +5,8 @@
 (1, 5, 5, 8)
 """
 
-import os as _os
-
-# The kernels alternate between OpenMP-parallel loops (Numba, Cython) and BLAS's
-# own threads. Idle OpenMP threads that spin keep the cores from BLAS (measured
-# on 2 cores: a 3x3 conv after a depthwise conv took 9.4 ms instead of 2.0 ms).
-# Set before any OpenMP runtime starts; a value the user set is kept.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before any kernel module: loads the OpenMP runtime with a short idle spin (see _openmp).
+from . import _openmp  # noqa: F401
 
 from . import activations, errors  # noqa: E402
 from ._threads import get_num_threads, set_num_threads
