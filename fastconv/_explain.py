@@ -64,8 +64,12 @@ def _out_shape(op, args):
     if op in ("max_pool", "avg_pool"):
         return (x.shape[0],) + tuple(args[4]) + (x.shape[4],)
     w = args[1]
-    out = {"conv": args[7], "depthwise_conv": args[6], "conv_transpose": args[6]}[op]
-    channels = {"conv": w.shape[4], "depthwise_conv": w.shape[3] * w.shape[4], "conv_transpose": w.shape[3]}[op]
+    if op in ("conv", "separable_conv"):
+        out, channels = args[7], (w if op == "conv" else args[2]).shape[4]
+    elif op == "depthwise_conv":
+        out, channels = args[6], w.shape[3] * w.shape[4]
+    else:  # conv_transpose
+        out, channels = args[6], w.shape[3]
     return (x.shape[0],) + tuple(out) + (channels,)
 
 
@@ -83,7 +87,7 @@ def recorder(op, backend, fn):
         describe = getattr(mod, "algorithm", None)
         algo = describe(op, *args) if describe is not None else "(this backend does not describe its algorithms)"
         out = _out_shape(op, args)
-        w = tuple(args[1].shape) if op in ("conv", "depthwise_conv", "conv_transpose") else None
+        w = tuple(args[1].shape) if op in ("conv", "depthwise_conv", "separable_conv", "conv_transpose") else None
         _CALLS.get().append(KernelCall(op, name, algo, how, tuple(args[0].shape), w, out))
         return np.zeros(out, dtype=getattr(args[0], "dtype", np.float32))
     return record

@@ -145,3 +145,18 @@ def test_results_do_not_depend_on_the_batch_split(backend, op, x_shape, w_shape,
     whole = f(*args, backend=backend, **kwargs)
     parts = np.concatenate([f(x[i:i + 5], *args[1:], backend=backend, **kwargs) for i in range(0, 23, 5)])
     np.testing.assert_array_equal(whole, parts)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython", "reference"])
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_separable_does_not_depend_on_the_batch_split(backend, multiplier):
+    # numba's fused kernel cuts the rows of the whole batch into tasks
+    rng = np.random.default_rng(0)
+    x = rng.random((23, 20, 20, 64), np.float32) - 0.5
+    dk = rng.random((3, 3, 64, multiplier), np.float32) - 0.5
+    pk = rng.random((1, 1, 64 * multiplier, 48), np.float32) - 0.5
+    kw = dict(padding="same", activation="relu", backend=backend)
+    whole = fastconv.separable_conv2d(x, dk, pk, np.ones(48, np.float32), **kw)
+    parts = np.concatenate([fastconv.separable_conv2d(x[i:i + 5], dk, pk, np.ones(48, np.float32), **kw)
+                            for i in range(0, 23, 5)])
+    np.testing.assert_array_equal(whole, parts)

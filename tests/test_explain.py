@@ -21,10 +21,23 @@ def test_explain_records_without_computing():
 
 
 def test_explain_every_kernel_of_a_composite_op():
+    # cython has no fused separable kernel: the op runs its two kernels
     e = fastconv.explain(fastconv.separable_conv2d, np.zeros((2, 10, 10, 8)), np.zeros((3, 3, 8, 2)),
-                         np.zeros((1, 1, 16, 4)), strides=2, padding="same")
+                         np.zeros((1, 1, 16, 4)), strides=2, padding="same", backend="cython")
     assert [c.kernel for c in e.calls] == ["depthwise_conv", "conv"]
     assert e.calls[0].out_shape == (2, 1, 5, 5, 16) and e.calls[1].out_shape == (2, 1, 5, 5, 4)
+
+
+def test_explain_the_fused_separable_kernel():
+    e = fastconv.explain(fastconv.separable_conv2d, np.zeros((2, 10, 10, 8)), np.zeros((3, 3, 8, 1)),
+                         np.zeros((1, 1, 8, 4)), padding="same")
+    (call,) = e.calls
+    assert (call.kernel, call.backend, call.chosen_by) == ("separable_conv", "numba", "auto rule for 'separable_conv'")
+    assert call.out_shape == (2, 1, 10, 10, 4) and "fused" in call.algorithm
+    # a depth multiplier > 1 runs the two passes inside the kernel
+    (call,) = fastconv.explain(fastconv.separable_conv2d, np.zeros((2, 10, 10, 8)), np.zeros((3, 3, 8, 2)),
+                               np.zeros((1, 1, 16, 4)), backend="numba").calls
+    assert "then a 1x1 convolution" in call.algorithm
 
 
 @pytest.mark.parametrize("backend", ["numba", "cython", "reference"])

@@ -41,6 +41,19 @@ def supports(name, op):
     return OP_KERNELS[op] <= backend_ops(name)
 
 
+def implements(backend, op):
+    """Whether ``backend`` ("auto" or a name) has a kernel for kernel-contract ``op``; for
+    optional kernels (``separable_conv``: a fused form of two others) the ops fall back to
+    the kernels they are made of where it does not.
+
+    >>> implements("reference", "separable_conv")
+    False
+    """
+    if backend is None or backend == "auto":
+        return any(m is not None and op in m.OPS for m in map(_load, AUTO))
+    return op in _module(backend).OPS
+
+
 def _load(name):
     if name in _loaded:
         return _loaded[name]

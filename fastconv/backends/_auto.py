@@ -24,6 +24,7 @@ RULE = {
     "conv_transpose": ("cython", "numba"),
     "depthwise_conv/small": ("numba", "cython"),
     "depthwise_conv/large": ("cython", "numba"),
+    "separable_conv": ("numba",),
     "max_pool": ("cython", "numba"),
     "avg_pool": ("cython", "numba"),
     "global_max_pool": ("numba", "cython"),

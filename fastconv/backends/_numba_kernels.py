@@ -516,46 +516,65 @@ def _dw_pixel(x, wt, y, o, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b):
     vstore_n(y, o, a, m)
 
 
-@njit(parallel=True, cache=True)
-def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
-    """Depthwise convolution with multiplier 1, direct with register tiles:
-    ``y[.., c] = bias[c] + sum_tap x[.., c] * wt[tap, c]``, then the activation.
-    One thread per output row; ``x``, ``wt`` (taps, C), ``y`` and ``bias`` contiguous.
-
-    A row is cut into chunks of pixels whose input columns stay in L1 while every
-    channel vector of the chunk is computed (with many channels, a whole row would
-    evict itself: pixels a multiple of 1 KiB apart share few cache sets)."""
-    N, D, H, W, C = x.shape
-    _, OD, OH, OW, _ = y.shape
-    KD, KH, KW = ksize
+@njit(cache=True, inline="always")
+def _depthwise_row(x, wt, y, ybase, n, od, oh, rows, taps0, OW, strides, dilation, before, ksize, bias,
+                   has_bias):
+    """Output row (n, od, oh) of a depthwise convolution (multiplier 1, no activation), its
+    pixels stored from flat index ``ybase`` of ``y``; ``rows`` and ``taps0`` are scratch
+    (one entry per kernel row).  A row is cut into chunks of pixels whose input columns
+    stay in L1 while every channel vector of the chunk is computed (with many channels, a
+    whole row would evict itself: pixels a multiple of 1 KiB apart share few cache sets)."""
+    C = x.shape[4]
+    W = x.shape[3]
+    KW = ksize[2]
     sw, dw, bw = strides[2], dilation[2], before[2]
     lo, hi = interior_columns(W, OW, KW, sw, dw, bw)
-    fast = KD == 1 and KH == 3 and KW == 3 and sw == 1 and dw == 1
-    fast2 = KD == 1 and KH == 3 and KW == 3 and sw == 2 and dw == 1
+    fast = ksize[0] == 1 and ksize[1] == 3 and KW == 3 and sw == 1 and dw == 1
+    fast2 = ksize[0] == 1 and ksize[1] == 3 and KW == 3 and sw == 2 and dw == 1
     chunk = max(_TILE, (4096 // (C * x.itemsize)) // _TILE * _TILE)
-    # per-row kernel-row tables, allocated once (an allocation per row costs ~0.1 us)
-    rows_all = np.empty((N * OD * OH, KD * KH), np.int64)
-    taps_all = np.empty((N * OD * OH, KD * KH), np.int64)
-    for row in prange(N * OD * OH):
-        L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
-        n = row // (OD * OH)
-        od = (row // OH) % OD
-        oh = row % OH
-        rows = rows_all[row]
-        taps0 = taps_all[row]
-        nr = kernel_rows(n, od, oh, x.shape, ksize, strides, dilation, before, rows, taps0)
-        ybase = row * OW * C
-        for q0 in range(lo, hi, chunk):
-            q1 = min(hi, q0 + chunk)
-            if q1 - q0 < _TILE:  # a short last chunk joins the previous one's pixels
-                q0 = max(lo, q1 - _TILE)
-            for c0 in range(0, C, L):
-                m = min(L, C - c0)
-                b = vload_n(bias, c0, m) if has_bias else vzero(x)
-                ow = q0
-                if q1 - q0 < _TILE:  # fewer pixels than a tile: per pixel below
-                    pass
-                elif fast and nr == 3:
+    L = lanes(x)  # a constant once inlined
+    nr = kernel_rows(n, od, oh, x.shape, ksize, strides, dilation, before, rows, taps0)
+    for q0 in range(lo, hi, chunk):
+        q1 = min(hi, q0 + chunk)
+        if q1 - q0 < _TILE:  # a short last chunk joins the previous one's pixels
+            q0 = max(lo, q1 - _TILE)
+        for c0 in range(0, C, L):
+            m = min(L, C - c0)
+            b = vload_n(bias, c0, m) if has_bias else vzero(x)
+            ow = q0
+            if q1 - q0 < _TILE:  # fewer pixels than a tile: per pixel below
+                pass
+            elif fast and nr == 3:
+                k0 = vload_n(wt, c0, m)
+                k1 = vload_n(wt, C + c0, m)
+                k2 = vload_n(wt, 2 * C + c0, m)
+                k3 = vload_n(wt, 3 * C + c0, m)
+                k4 = vload_n(wt, 4 * C + c0, m)
+                k5 = vload_n(wt, 5 * C + c0, m)
+                k6 = vload_n(wt, 6 * C + c0, m)
+                k7 = vload_n(wt, 7 * C + c0, m)
+                k8 = vload_n(wt, 8 * C + c0, m)
+                while ow + 2 * _TILE <= q1:  # tiles of 8 while they fit
+                    if m == L:
+                        _dw_tile_3x3_8(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1],
+                                       rows[2], C, L, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                    else:
+                        _dw_tile_3x3_8(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1],
+                                       rows[2], C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                    ow += 2 * _TILE
+                while ow < q1:
+                    # a last partial tile is moved back to end at q1: it recomputes a few
+                    # pixels (same values) instead of taking the slow per-pixel path
+                    ow = max(q0, min(ow, q1 - _TILE))
+                    if m == L:  # a constant mask: plain loads and stores once inlined
+                        _dw_tile_3x3(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1], rows[2],
+                                     C, L, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                    else:
+                        _dw_tile_3x3(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1], rows[2],
+                                     C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                    ow += _TILE
+            else:
+                if fast2 and nr == 3:
                     k0 = vload_n(wt, c0, m)
                     k1 = vload_n(wt, C + c0, m)
                     k2 = vload_n(wt, 2 * C + c0, m)
@@ -565,65 +584,85 @@ def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
                     k6 = vload_n(wt, 6 * C + c0, m)
                     k7 = vload_n(wt, 7 * C + c0, m)
                     k8 = vload_n(wt, 8 * C + c0, m)
-                    while ow + 2 * _TILE <= q1:  # tiles of 8 while they fit
+                    while ow + 2 * _TILE <= q1:  # stride-2 tiles of 8, then the generic ones
                         if m == L:
-                            _dw_tile_3x3_8(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1],
-                                           rows[2], C, L, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                            _dw_tile_3x3_s2(x, y, ybase + ow * C + c0, (2 * ow - bw) * C + c0, rows[0],
+                                            rows[1], rows[2], C, L, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
                         else:
-                            _dw_tile_3x3_8(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1],
-                                           rows[2], C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+                            _dw_tile_3x3_s2(x, y, ybase + ow * C + c0, (2 * ow - bw) * C + c0, rows[0],
+                                            rows[1], rows[2], C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
                         ow += 2 * _TILE
-                    while ow < q1:
-                        # a last partial tile is moved back to end at q1: it recomputes a few
-                        # pixels (same values) instead of taking the slow per-pixel path
-                        ow = max(q0, min(ow, q1 - _TILE))
-                        if m == L:  # a constant mask: plain loads and stores once inlined
-                            _dw_tile_3x3(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1], rows[2],
-                                         C, L, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
-                        else:
-                            _dw_tile_3x3(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1], rows[2],
-                                         C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
-                        ow += _TILE
-                else:
-                    if fast2 and nr == 3:
-                        k0 = vload_n(wt, c0, m)
-                        k1 = vload_n(wt, C + c0, m)
-                        k2 = vload_n(wt, 2 * C + c0, m)
-                        k3 = vload_n(wt, 3 * C + c0, m)
-                        k4 = vload_n(wt, 4 * C + c0, m)
-                        k5 = vload_n(wt, 5 * C + c0, m)
-                        k6 = vload_n(wt, 6 * C + c0, m)
-                        k7 = vload_n(wt, 7 * C + c0, m)
-                        k8 = vload_n(wt, 8 * C + c0, m)
-                        while ow + 2 * _TILE <= q1:  # stride-2 tiles of 8, then the generic ones
-                            if m == L:
-                                _dw_tile_3x3_s2(x, y, ybase + ow * C + c0, (2 * ow - bw) * C + c0, rows[0],
-                                                rows[1], rows[2], C, L, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
-                            else:
-                                _dw_tile_3x3_s2(x, y, ybase + ow * C + c0, (2 * ow - bw) * C + c0, rows[0],
-                                                rows[1], rows[2], C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
-                            ow += 2 * _TILE
-                    while ow < q1:
-                        ow = max(q0, min(ow, q1 - _TILE))
-                        if m == L:
-                            _dw_tile(x, wt, y, ybase + ow * C + c0, (ow * sw - bw) * C + c0, rows, taps0, nr, KW,
-                                     C, c0, L, sw * C, dw * C, b)
-                        else:
-                            _dw_tile(x, wt, y, ybase + ow * C + c0, (ow * sw - bw) * C + c0, rows, taps0, nr, KW,
-                                     C, c0, m, sw * C, dw * C, b)
-                        ow += _TILE
-                for ow in range(ow, q1):
-                    _dw_pixel(x, wt, y, ybase + ow * C + c0, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b)
-        for c0 in range(0, C, L):
-            m = min(L, C - c0)
-            b = vload_n(bias, c0, m) if has_bias else vzero(x)
-            for ow in range(lo):
+                while ow < q1:
+                    ow = max(q0, min(ow, q1 - _TILE))
+                    if m == L:
+                        _dw_tile(x, wt, y, ybase + ow * C + c0, (ow * sw - bw) * C + c0, rows, taps0, nr, KW,
+                                 C, c0, L, sw * C, dw * C, b)
+                    else:
+                        _dw_tile(x, wt, y, ybase + ow * C + c0, (ow * sw - bw) * C + c0, rows, taps0, nr, KW,
+                                 C, c0, m, sw * C, dw * C, b)
+                    ow += _TILE
+            for ow in range(ow, q1):
                 _dw_pixel(x, wt, y, ybase + ow * C + c0, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b)
-            for ow in range(hi, OW):
-                _dw_pixel(x, wt, y, ybase + ow * C + c0, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b)
+    for c0 in range(0, C, L):
+        m = min(L, C - c0)
+        b = vload_n(bias, c0, m) if has_bias else vzero(x)
+        for ow in range(lo):
+            _dw_pixel(x, wt, y, ybase + ow * C + c0, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b)
+        for ow in range(hi, OW):
+            _dw_pixel(x, wt, y, ybase + ow * C + c0, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b)
+
+
+@njit(parallel=True, cache=True)
+def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
+    """Depthwise convolution with multiplier 1, direct with register tiles:
+    ``y[.., c] = bias[c] + sum_tap x[.., c] * wt[tap, c]``, then the activation.
+    One thread per output row (:func:`_depthwise_row`); ``x``, ``wt`` (taps, C), ``y`` and
+    ``bias`` contiguous."""
+    N = x.shape[0]
+    _, OD, OH, OW, C = y.shape
+    KD, KH = ksize[0], ksize[1]
+    # per-row kernel-row tables, allocated once (an allocation per row costs ~0.1 us)
+    rows_all = np.empty((N * OD * OH, KD * KH), np.int64)
+    taps_all = np.empty((N * OD * OH, KD * KH), np.int64)
+    for row in prange(N * OD * OH):
+        n = row // (OD * OH)
+        od = (row // OH) % OD
+        oh = row % OH
+        _depthwise_row(x, wt, y, row * OW * C, n, od, oh, rows_all[row], taps_all[row], OW, strides, dilation,
+                       before, ksize, bias, has_bias)
         if code != 0:
             epilogue(y[n, od, oh], bias, False, code)
 
+
+@njit(parallel=True, cache=True)
+def separable(x, wt, W2, Y2, OD, OH, OW, task_rows, scratch, strides, dilation, before, ksize, bias, has_bias,
+              code):
+    """Depthwise (multiplier 1) then pointwise convolution, fused: each task computes the
+    depthwise output of ``task_rows`` output rows into its thread's ``scratch`` (an
+    L2-sized block, never written to memory as a whole intermediate), multiplies that
+    block by the pointwise matrix ``W2`` (C, F) with BLAS into ``Y2`` (pixels, F), then
+    adds the bias and applies the activation while the block is in cache."""
+    N = x.shape[0]
+    C = x.shape[4]
+    KD, KH = ksize[0], ksize[1]
+    total = N * OD * OH
+    zero = np.zeros(C, x.dtype)
+    tables = np.empty((scratch.shape[0], 2, KD * KH), np.int64)
+    for t in prange((total + task_rows - 1) // task_rows):
+        r0 = t * task_rows
+        r1 = min(total, r0 + task_rows)
+        tid = get_thread_id()
+        buf = scratch[tid]
+        for row in range(r0, r1):
+            n = row // (OD * OH)
+            od = (row // OH) % OD
+            oh = row % OH
+            _depthwise_row(x, wt, buf, (row - r0) * OW * C, n, od, oh, tables[tid, 0], tables[tid, 1], OW,
+                           strides, dilation, before, ksize, zero, False)
+        out = Y2[r0 * OW:r1 * OW]
+        gemm(buf[:(r1 - r0) * OW * C].reshape(((r1 - r0) * OW, C)), W2, out, 0.0)
+        if has_bias or code:
+            epilogue(out, bias, has_bias, code)
 
 
 @njit(cache=True, inline="always")
@@ -742,7 +781,7 @@ def few_channel_conv(x, w2, y, strides, dilation, before, ksize, bias, has_bias,
     rows_all = np.empty((N * OD * OH, KD * KH), np.int64)
     taps_all = np.empty((N * OD * OH, KD * KH), np.int64)
     for row in prange(N * OD * OH):
-        L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
+        L = lanes(x)  # a constant once inlined
         n = row // (OD * OH)
         od = (row // OH) % OD
         oh = row % OH
@@ -1017,7 +1056,7 @@ def _make_pool_rows3(is_max):
         rows_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
         taps_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
         for row in prange(N * OD * OH):
-            L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
+            L = lanes(x)  # a constant once inlined
             n = row // (OD * OH)
             od = (row // OH) % OD
             oh = row % OH
@@ -1069,7 +1108,7 @@ def _make_pool_simd(is_max):
         rows_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
         taps_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
         for row in prange(N * OD * OH):
-            L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
+            L = lanes(x)  # a constant once inlined
             n = row // (OD * OH)
             od = (row // OH) % OD
             oh = row % OH
@@ -1147,7 +1186,7 @@ def _make_global_pool(is_max):
         nch = part.shape[1]
         C4 = C - C % (4 * lanes(x))
         for job in prange(N * nch):
-            L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
+            L = lanes(x)  # a constant once inlined
             n = job // nch
             k = job % nch
             p0 = k * P // nch

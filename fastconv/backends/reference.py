@@ -19,6 +19,10 @@ in the 3-D channels-last form (1-D and 2-D ops arrive with unit spatial axes):
 * ``max_pool(x, pool, strides, pads, out_shape)`` and ``avg_pool(...)``:
   padded positions never win a max and are not counted in an average.
 * ``global_max_pool(x)``, ``global_avg_pool(x)``: (N, C).
+* optional, ``separable_conv(x, dk, pk, b, strides, dilation, pads, out_shape,
+  activation)``: ``depthwise_conv`` by ``dk`` (KD, KH, KW, C, M) without bias,
+  then a 1x1 ``conv`` by ``pk`` (1, 1, 1, C * M, F) with ``b`` and the
+  activation, in one kernel; where a backend lacks it the ops call the two.
 
 ``activation`` is None or a name from :data:`fastconv.activations.ELEMENTWISE`.
 """

@@ -5,7 +5,7 @@ import collections
 
 import numpy as np
 
-from .. import activations
+from .. import activations, backends
 from ..errors import InvalidArgumentError, InvalidShapeError
 from . import _args as A
 from ._layout import axes3, kernel_3d, run_conv_like, to_3d
@@ -179,16 +179,18 @@ def _separable(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides, pa
                        dilation_rate, activation, data_format)
     dt = A.compute_dtype(p.x, p.depthwise_kernel, p.pointwise_kernel, p.bias)
     x3 = to_3d(p.x, nsp, p.fmt, dt)
+    dk3, pk3 = kernel_3d(p.depthwise_kernel, nsp, dt), kernel_3d(p.pointwise_kernel, nsp, dt)
+    bias = None if p.bias is None else np.ascontiguousarray(p.bias, dtype=dt)
+    geometry = (axes3(p.strides, nsp, 1), axes3(p.dilation, nsp, 1), axes3(p.pads, nsp, (0, 0)),
+                axes3(p.out, nsp, 1))
+    if backends.implements(backend, "separable_conv") and not A.is_device_array(x3):
+        # one fused kernel (the depthwise result never goes through memory whole)
+        return run_conv_like("separable_conv", backend, nsp, p.fmt, p.act, x3, dk3, pk3, bias, *geometry)
     ones = (1, 1, 1)
-    mid_y = run_conv_like(
-        "depthwise_conv", backend, 3, "channels_last", None,
-        x3, kernel_3d(p.depthwise_kernel, nsp, dt), None,
-        axes3(p.strides, nsp, 1), axes3(p.dilation, nsp, 1), axes3(p.pads, nsp, (0, 0)), axes3(p.out, nsp, 1))
+    mid_y = run_conv_like("depthwise_conv", backend, 3, "channels_last", None, x3, dk3, None, *geometry)
     return run_conv_like(
         "conv", backend, nsp, p.fmt, p.act,
-        mid_y, kernel_3d(p.pointwise_kernel, nsp, dt),
-        None if p.bias is None else np.ascontiguousarray(p.bias, dtype=dt),
-        ones, ones, ((0, 0),) * 3, 1, mid_y.shape[1:4])
+        mid_y, pk3, bias, ones, ones, ((0, 0),) * 3, 1, mid_y.shape[1:4])
 
 
 _COMMON = """
