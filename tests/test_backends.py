@@ -96,8 +96,13 @@ def test_set_num_threads_rejects_bad_values(bad):
 
 
 def test_num_threads_follows_environment(monkeypatch):
+    from fastconv import _threads
     monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
-    assert fastconv.get_num_threads() == 3
+    _threads._default.cache_clear()  # read once per process, like Numba does
+    try:
+        assert fastconv.get_num_threads() == 3
+    finally:
+        _threads._default.cache_clear()
 
 
 def test_max_pool_propagates_nan_on_every_backend():

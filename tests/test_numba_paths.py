@@ -234,10 +234,18 @@ _PATH_CASES = [
     ("depthwise_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1)), dict(strides=3), "depthwise_tiles", {"depthwise"}),
     ("depthwise_conv2d", ((2, 9, 10, 24), (2, 5, 24, 1)), {}, "depthwise_tiles", {"depthwise"}),
     ("depthwise_conv2d", ((2, 7, 8, 5), (3, 3, 5, 2)), {}, "depthwise_multiplier", {"depthwise"}),
-    ("conv2d_transpose", ((2, 7, 6, 3), (3, 3, 6, 3)), dict(strides=2, padding="same"), "transpose_phases",
+    ("conv2d_transpose", ((2, 7, 6, 3), (3, 3, 6, 3)), dict(strides=2, padding="same"), "transpose_col2im",
+     {"transpose_col2im"}),
+    # per image over _COL2IM_BYTES (2.4 MB of tap products): by phases
+    ("conv2d_transpose", ((1, 64, 64, 3), (3, 3, 16, 3)), dict(strides=2, padding="same"), "transpose_phases",
      {"gemm_rows", "im2col_t_conv"}),
-    ("conv2d_transpose", ((1, 16, 16, 32), (3, 3, 8, 32)), dict(strides=2, padding="same"), "transpose_phases",
+    # per image over _COL2IM_MAX_WORK (9.4 M multiply-adds): by phases
+    ("conv2d_transpose", ((1, 32, 32, 32), (3, 3, 32, 32)), dict(strides=2, padding="same"), "transpose_phases",
      {"gemm_rows", "shifted_taps", "pixels_conv"}),
+    ("separable_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1), (1, 1, 24, 16)), dict(padding="same"), "separable_fused",
+     {"separable"}),
+    ("separable_conv2d", ((2, 9, 10, 8), (3, 3, 8, 2), (1, 1, 16, 16)), dict(padding="same"),
+     "separable_two_passes", {"depthwise", "gemm_rows"}),
     ("max_pool2d", ((2, 9, 10, 24),), {}, "pool_simd", {"max_pool"}),
     ("avg_pool2d", ((2, 9, 10, 24),), dict(pool_size=3, strides=1, padding="same"), "pool_rows3",
      {"avg_pool_rows3"}),
@@ -260,7 +268,7 @@ def test_algorithm_names_the_path_taken(nb, monkeypatch, op, shapes, kw, path, k
     names = ["gemm_rows", "shifted_taps", "pixels_conv", "im2col_conv", "im2col_t_conv", "few_channel_conv", "grouped_rot",
              "grouped_direct", "depthwise", "max_pool", "avg_pool", "max_pool_rows3",
              "avg_pool_rows3", "global_max_pool",
-             "global_sum_pool"]
+             "global_sum_pool", "transpose_col2im", "separable"]
     called = set()
     for name in names:
         real = getattr(K, name)

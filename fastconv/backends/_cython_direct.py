@@ -118,13 +118,18 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
         return y
     vl = _direct.block_channels(x.itemsize)
     cp = -(-c // vl) * vl
-    # (taps, C, M) -> (taps, M, Cp): the kernel reads whole vectors of C weights per multiplier,
-    # the channels past C zero
-    wt = np.zeros((taps, m, cp), x.dtype)
-    wt[:, :, :c] = w.reshape(taps, c, m).transpose(0, 2, 1)
-    bias = np.zeros((m, cp), x.dtype)
-    if b is not None:
-        bias[:, :c] = b.reshape(c, m).T
+    if m == 1 and cp == c:
+        # already the layout the kernel reads (w and b are contiguous): no copies
+        wt = w.reshape(taps, 1, c)
+        bias = b.reshape(1, c) if b is not None else np.zeros((1, c), x.dtype)
+    else:
+        # (taps, C, M) -> (taps, M, Cp): the kernel reads whole vectors of C weights per
+        # multiplier, the channels past C zero
+        wt = np.zeros((taps, m, cp), x.dtype)
+        wt[:, :, :c] = w.reshape(taps, c, m).transpose(0, 2, 1)
+        bias = np.zeros((m, cp), x.dtype)
+        if b is not None:
+            bias[:, :c] = b.reshape(c, m).T
     fused = activation in _direct.ACTIVATIONS
     threads = _threads(y.size * taps)
     band, seg, group = _split(x.shape, out_shape, w.shape[:3], strides, dilation, cp // vl, vl * x.itemsize,

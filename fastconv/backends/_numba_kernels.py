@@ -1315,3 +1315,46 @@ def im2col_t_conv(x, W, Y, out_shape, strides, dilation, before, ksize, rows, sc
         gemm(buf.T, W, out, 0.0)
         if has_bias or code:
             epilogue(out, bias, has_bias, code)
+
+
+@njit(parallel=True, cache=True)
+def transpose_col2im(x2, w2, y, in_shape, ksize, strides, dilation, before, scratch, bias, has_bias, code):
+    """A small transposed convolution, one image per task: one GEMM ``cols = x2 @ w2``
+    (each input pixel of the image times every tap's (C, F) matrix), then each input
+    pixel's tap rows are added into the output pixels they reach (col2im), in a fixed
+    order (pixels, then taps), starting from the bias; then the activation."""
+    N, OD, OH, OW, F = y.shape
+    D, H, W = in_shape
+    KD, KH, KW = ksize
+    P = D * H * W
+    KF = KD * KH * KW * F
+    for n in prange(N):
+        L = lanes(y)  # in the loop body: a constant there (a parfor passes outer values in)
+        cols = scratch[get_thread_id()]
+        gemm(x2[n * P:(n + 1) * P], w2, cols, 0.0)
+        yn = y[n].reshape((OD * OH * OW, F))
+        for q in range(OD * OH * OW):
+            for j0 in range(0, F, L):
+                m_ = min(L, F - j0)
+                vstore_n(yn, q * F + j0, vload_n(bias, j0, m_) if has_bias else vzero(y), m_)
+        for m in range(P):
+            i_d = m // (H * W)
+            i_h = (m // W) % H
+            i_w = m % W
+            t = 0
+            for kd in range(KD):
+                o_d = i_d * strides[0] + kd * dilation[0] - before[0]
+                for kh in range(KH):
+                    o_h = i_h * strides[1] + kh * dilation[1] - before[1]
+                    for kw in range(KW):
+                        o_w = i_w * strides[2] + kw * dilation[2] - before[2]
+                        if 0 <= o_d < OD and 0 <= o_h < OH and 0 <= o_w < OW:
+                            q = ((o_d * OH + o_h) * OW + o_w) * F
+                            src = m * KF + t * F
+                            for j0 in range(0, F, L):
+                                m_ = min(L, F - j0)
+                                vstore_n(yn, q + j0, vadd(vload_n(yn, q + j0, m_), vload_n(cols, src + j0, m_)),
+                                         m_)
+                        t += 1
+        if code:
+            epilogue(yn, bias, False, code)

@@ -30,6 +30,8 @@ def int_tuple(value, n, name, op, *, minimum=1, allow_none=False):
     """``value`` (an int or a sequence of ``n`` ints) as a tuple of ``n`` ints >= ``minimum``."""
     if value is None and allow_none:
         return None
+    if type(value) is int and minimum <= value < _MAX_INT:  # the common case, checked quickly
+        return (value,) * n
     what = "positive" if minimum == 1 else "non-negative"
     expected = (f"a {what} integer or a tuple of {n} {what} integers")
     try:
@@ -83,6 +85,8 @@ def data_format(value, op):
 def is_device_array(x):
     """Whether ``x`` is a CUDA device array: a numba.cuda device array (or the simulator's),
     or any object with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors)."""
+    if type(x) is np.ndarray:  # the common case, answered without attribute lookups
+        return False
     return hasattr(x, "__cuda_array_interface__") or getattr(x, "__cuda_ndarray__", False) is True
 
 
