@@ -10,7 +10,7 @@ is loaded, from the environment, so fastconv loads it here with a short spin
 other OpenMP runtimes loaded later (PyTorch bundles its own libgomp) keep their
 own defaults.
 
-Measured on this 2-core machine (README, "Backends"): a 3x3 depthwise kernel on
+Measured on this 2-core machine (README, "Threads"): a 3x3 depthwise kernel on
 112x112x32 took 140 us on two sleeping-when-idle threads and 60 us with a short
 spin; MobileNetV2 at batch 1 went from 17-18 ms to 10-13 ms.
 

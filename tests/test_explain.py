@@ -28,13 +28,20 @@ def test_explain_every_kernel_of_a_composite_op():
     assert e.calls[0].out_shape == (2, 1, 5, 5, 16) and e.calls[1].out_shape == (2, 1, 5, 5, 4)
 
 
-def test_explain_the_fused_separable_kernel():
-    e = fastconv.explain(fastconv.separable_conv2d, np.zeros((2, 10, 10, 8)), np.zeros((3, 3, 8, 1)),
-                         np.zeros((1, 1, 8, 4)), padding="same")
-    (call,) = e.calls
-    assert (call.kernel, call.backend, call.chosen_by) == ("separable_conv", "numba", "auto rule for 'separable_conv'")
+def test_explain_the_fused_separable_kernel(monkeypatch):
+    from fastconv.backends import _auto
+    args = (np.zeros((2, 10, 10, 8)), np.zeros((3, 3, 8, 1)), np.zeros((1, 1, 8, 4)))
+    (call,) = fastconv.explain(fastconv.separable_conv2d, *args, padding="same", backend="numba").calls
+    assert (call.kernel, call.backend, call.chosen_by) == ("separable_conv", "numba", "requested")
     assert call.out_shape == (2, 1, 10, 10, 4) and "fused" in call.algorithm
-    # a depth multiplier > 1 runs the two passes inside the kernel
+    # auto follows its rule: the fused kernel where the preferred backend has one, else the two
+    monkeypatch.setitem(_auto.RULE, "separable_conv", ("numba", "cython"))
+    (call,) = fastconv.explain(fastconv.separable_conv2d, *args, padding="same").calls
+    assert (call.kernel, call.chosen_by) == ("separable_conv", "auto rule for 'separable_conv'")
+    monkeypatch.setitem(_auto.RULE, "separable_conv", ("cython", "numba"))
+    calls = fastconv.explain(fastconv.separable_conv2d, *args, padding="same").calls
+    assert [c.kernel for c in calls] == ["depthwise_conv", "conv"]
+    # a depth multiplier > 1 runs the two passes inside the numba kernel
     (call,) = fastconv.explain(fastconv.separable_conv2d, np.zeros((2, 10, 10, 8)), np.zeros((3, 3, 8, 2)),
                                np.zeros((1, 1, 16, 4)), backend="numba").calls
     assert "then a 1x1 convolution" in call.algorithm

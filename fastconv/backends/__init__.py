@@ -44,13 +44,20 @@ def supports(name, op):
 def implements(backend, op):
     """Whether ``backend`` ("auto" or a name) has a kernel for kernel-contract ``op``; for
     optional kernels (``separable_conv``: a fused form of two others) the ops fall back to
-    the kernels they are made of where it does not.
+    the kernels they are made of where it does not.  For ``"auto"``: whether the backend
+    its rule prefers for ``op`` (the first available one) has it; if not, the ops run the
+    component kernels, each dispatched by ``auto``.
 
     >>> implements("reference", "separable_conv")
     False
     """
     if backend is None or backend == "auto":
-        return any(m is not None and op in m.OPS for m in map(_load, AUTO))
+        from . import _auto
+        for name in _auto.RULE.get(op, ()) + AUTO:
+            mod = _load(name)
+            if mod is not None:
+                return op in mod.OPS
+        return False
     return op in _module(backend).OPS
 
 

@@ -17,18 +17,20 @@ from . import _load
 RULE = {
     "conv/pointwise": ("cython", "numba"),
     "conv/few_channels": ("cython", "numba"),
-    "conv/few_pixels": ("cython", "numba"),
+    "conv/few_pixels": ("numba", "cython"),
     "conv/grouped": ("cython", "numba"),
     "conv/large_kernel": ("cython", "numba"),
     "conv/dense": ("cython", "numba"),
     "conv_transpose": ("cython", "numba"),
-    "depthwise_conv/small": ("numba", "cython"),
+    "depthwise_conv/small": ("cython", "numba"),
     "depthwise_conv/large": ("cython", "numba"),
-    "separable_conv": ("numba",),
+    # cython has no fused kernel: its depthwise and 1x1 kernels, one after the other, beat
+    # numba's fused one (see backends.implements)
+    "separable_conv": ("cython", "numba"),
     "max_pool": ("cython", "numba"),
     "avg_pool": ("cython", "numba"),
-    "global_max_pool": ("numba", "cython"),
-    "global_avg_pool": ("numba", "cython"),
+    "global_max_pool": ("cython", "numba"),
+    "global_avg_pool": ("cython", "numba"),
 }
 
 #: Fewer input channels per group than this, in a convolution without groups: "few_channels".
