@@ -30,8 +30,10 @@ def int_tuple(value, n, name, op, *, minimum=1, allow_none=False):
     """``value`` (an int or a sequence of ``n`` ints) as a tuple of ``n`` ints >= ``minimum``."""
     if value is None and allow_none:
         return None
-    if type(value) is int and minimum <= value < _MAX_INT:  # the common case, checked quickly
+    if type(value) is int and minimum <= value < _MAX_INT:  # the common cases, checked quickly
         return (value,) * n
+    if type(value) is tuple and len(value) == n and all(type(v) is int and minimum <= v < _MAX_INT for v in value):
+        return value
     what = "positive" if minimum == 1 else "non-negative"
     expected = (f"a {what} integer or a tuple of {n} {what} integers")
     try:
