@@ -517,6 +517,14 @@ def _dw_pixel(x, wt, y, o, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b):
 
 
 @njit(cache=True, inline="always")
+def _taps_3x3(wt, C, c0, m):
+    """The 9 weight vectors of a 3x3 kernel for channels c0 .. c0 + m (``wt``: taps, C)."""
+    return (vload_n(wt, c0, m), vload_n(wt, C + c0, m), vload_n(wt, 2 * C + c0, m), vload_n(wt, 3 * C + c0, m),
+            vload_n(wt, 4 * C + c0, m), vload_n(wt, 5 * C + c0, m), vload_n(wt, 6 * C + c0, m),
+            vload_n(wt, 7 * C + c0, m), vload_n(wt, 8 * C + c0, m))
+
+
+@njit(cache=True, inline="always")
 def _depthwise_row(x, wt, y, ybase, n, od, oh, rows, taps0, OW, strides, dilation, before, ksize, bias,
                    has_bias):
     """Output row (n, od, oh) of a depthwise convolution (multiplier 1, no activation), its
@@ -545,15 +553,7 @@ def _depthwise_row(x, wt, y, ybase, n, od, oh, rows, taps0, OW, strides, dilatio
             if q1 - q0 < _TILE:  # fewer pixels than a tile: per pixel below
                 pass
             elif fast and nr == 3:
-                k0 = vload_n(wt, c0, m)
-                k1 = vload_n(wt, C + c0, m)
-                k2 = vload_n(wt, 2 * C + c0, m)
-                k3 = vload_n(wt, 3 * C + c0, m)
-                k4 = vload_n(wt, 4 * C + c0, m)
-                k5 = vload_n(wt, 5 * C + c0, m)
-                k6 = vload_n(wt, 6 * C + c0, m)
-                k7 = vload_n(wt, 7 * C + c0, m)
-                k8 = vload_n(wt, 8 * C + c0, m)
+                k0, k1, k2, k3, k4, k5, k6, k7, k8 = _taps_3x3(wt, C, c0, m)
                 while ow + 2 * _TILE <= q1:  # tiles of 8 while they fit
                     if m == L:
                         _dw_tile_3x3_8(x, y, ybase + ow * C + c0, (ow - bw) * C + c0, rows[0], rows[1],
@@ -575,15 +575,7 @@ def _depthwise_row(x, wt, y, ybase, n, od, oh, rows, taps0, OW, strides, dilatio
                     ow += _TILE
             else:
                 if fast2 and nr == 3:
-                    k0 = vload_n(wt, c0, m)
-                    k1 = vload_n(wt, C + c0, m)
-                    k2 = vload_n(wt, 2 * C + c0, m)
-                    k3 = vload_n(wt, 3 * C + c0, m)
-                    k4 = vload_n(wt, 4 * C + c0, m)
-                    k5 = vload_n(wt, 5 * C + c0, m)
-                    k6 = vload_n(wt, 6 * C + c0, m)
-                    k7 = vload_n(wt, 7 * C + c0, m)
-                    k8 = vload_n(wt, 8 * C + c0, m)
+                    k0, k1, k2, k3, k4, k5, k6, k7, k8 = _taps_3x3(wt, C, c0, m)
                     while ow + 2 * _TILE <= q1:  # stride-2 tiles of 8, then the generic ones
                         if m == L:
                             _dw_tile_3x3_s2(x, y, ybase + ow * C + c0, (2 * ow - bw) * C + c0, rows[0],

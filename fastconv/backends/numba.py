@@ -15,7 +15,11 @@ How each op is computed (chosen by measurement on this 2-core machine, see READM
 * convolutions with < 8 input channels (RGB stems, volumes): a direct SIMD
   kernel vectorised along the output channels (GEMM's K would be too short);
 * transposed convolutions: one stride-1 convolution per output phase, written
-  into its strided slice of the output (no zero insertion, no scatter-add);
+  into its strided slice of the output (no zero insertion, no scatter-add); small
+  ones (per image) as one GEMM and a col2im per image, one image per task;
+* separable convolutions (``separable_conv``): depthwise and pointwise fused, each
+  task's block of output rows through the depthwise kernel into an L2-sized buffer
+  and then one GEMM, so the intermediate never goes through memory whole;
 * depthwise (register-tiled SIMD kernel, with 3x3 stride-1 and stride-2 tiles of 8
   pixels sharing input loads; a depth multiplier M repeats each input channel M times first)
   and pooling: direct SIMD loops, one thread per output row, vectorised along
