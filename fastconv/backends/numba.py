@@ -85,17 +85,21 @@ def _scratch(shape, dtype):
     return buf[:size].reshape(shape)
 
 
-# Below this much work (multiply-adds, or elements touched) one thread does the op:
-# waking the pool costs tens of microseconds per parallel loop (measured ~25 us for two
-# threads here), more than it saves.  The SIMD direct kernels do about 16 multiply-adds
-# per nanosecond on one thread, so they go parallel from a smaller amount of work
-# (~30 us of it).
-_PARALLEL_MIN_WORK = 1 << 22
+# Below this much work (multiply-adds, or elements touched) one thread does the op: a
+# parallel loop costs a few microseconds to start while idle threads spin (fastconv._openmp;
+# asleep, it was ~25 us and the threshold 1 << 22), more than it saves on less.  Measured
+# with the spin: a 1x1 conv of 2.1 M multiply-adds 69 us on one thread, 49 us on two.
+# The SIMD direct kernels do about 16 multiply-adds per nanosecond on one thread, so
+# they go parallel from a smaller amount of work (~30 us of it).
+_PARALLEL_MIN_WORK = 1 << 20
 _DIRECT_PARALLEL_MIN_WORK = 1 << 19
-# Global pooling reads each element once: one thread streams it at the cache's pace, and a
-# second one costs more to wake than it saves up to at least 3.2 M float32 (measured
-# 1x16x56x56x64: 0.20 ms on one thread, 0.22 ms on two; 1x56x56x256: 0.074 vs 0.084 ms).
-_GLOBAL_PARALLEL_MIN = 1 << 23
+# Pools read each element once (global) or a few times (windows): two threads pay from
+# about this many element reads, now that idle threads spin briefly instead of sleeping
+# (fastconv._openmp; measured 1x56x56x256 global average 64 -> 43 us, global max 92 -> 53 us,
+# max pool 2x2 on 1x112x112x64 112 -> 70 us).  Under OMP_WAIT_POLICY=PASSIVE, waking the
+# second thread cost more than it saved up to 3.2 M float32.
+_POOL_PARALLEL_MIN = 1 << 18
+_GLOBAL_PARALLEL_MIN = 1 << 18
 
 
 def _threads(work, min_work=None):
@@ -496,7 +500,7 @@ def _pool_path(pool, strides):
 
 
 def _pool(kind, x, pool, strides, pads, out_shape):
-    _threads(x.shape[0] * math.prod(out_shape) * x.shape[-1] * math.prod(pool))
+    _threads(x.shape[0] * math.prod(out_shape) * x.shape[-1] * math.prod(pool), _POOL_PARALLEL_MIN)
     y = np.empty((x.shape[0],) + tuple(out_shape) + (x.shape[-1],), x.dtype)
     before = tuple(p[0] for p in pads)
     if _pool_path(pool, strides) == "pool_rows3":
