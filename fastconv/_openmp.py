@@ -7,8 +7,9 @@ costs more than the loop itself; threads that spin for long keep a core from
 BLAS and from the caller's code.  libgomp reads its wait settings once, when it
 is loaded, from the environment, so fastconv loads it here with a short spin
 (:data:`SPIN_COUNT`) in the environment and then takes the variable out again:
-other OpenMP runtimes loaded later (PyTorch bundles its own libgomp) keep their
-own defaults.
+an OpenMP runtime loaded later under another name reads its own defaults.  One
+loaded later under the same name (PyTorch's wheel bundles a ``libgomp.so.1``) is
+not loaded again: it is this runtime, with this setting.
 
 Measured on this 2-core machine (README, "Threads"): a 3x3 depthwise kernel on
 112x112x32 took 140 us on two sleeping-when-idle threads and 60 us with a short

@@ -45,6 +45,11 @@ def test_explain_the_fused_separable_kernel(monkeypatch):
     (call,) = fastconv.explain(fastconv.separable_conv2d, np.zeros((2, 10, 10, 8)), np.zeros((3, 3, 8, 2)),
                                np.zeros((1, 1, 16, 4)), backend="numba").calls
     assert "then a 1x1 convolution" in call.algorithm
+    # ... and names the 1x1 pass's own path (6 channels: the few-channel kernel, not a GEMM)
+    from fastconv.backends import numba as nb
+    (call,) = fastconv.explain(fastconv.separable_conv2d, np.zeros((1, 8, 8, 3)), np.zeros((3, 3, 3, 2)),
+                               np.zeros((1, 1, 6, 8)), backend="numba").calls
+    assert call.algorithm.endswith(nb._PATHS["few_channel_direct"]), call.algorithm
 
 
 @pytest.mark.parametrize("backend", ["numba", "cython", "reference"])

@@ -61,6 +61,13 @@ def implements(backend, op):
     return op in _module(backend).OPS
 
 
+def separable_in_two(mod, x, dk, pk, b, strides, dilation, pads, out_shape, activation):
+    """``separable_conv`` (kernel contract) by backend module ``mod``'s own two kernels:
+    its depthwise convolution, then its 1x1 convolution with the bias and activation."""
+    mid = mod.depthwise_conv(x, dk, None, strides, dilation, pads, out_shape, None)
+    return mod.conv(mid, pk, b, (1, 1, 1), (1, 1, 1), ((0, 0),) * 3, 1, tuple(out_shape), activation)
+
+
 def _load(name):
     if name in _loaded:
         return _loaded[name]

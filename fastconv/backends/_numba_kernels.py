@@ -630,8 +630,8 @@ def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
 def separable(x, wt, W2, Y2, OD, OH, OW, task_rows, scratch, strides, dilation, before, ksize, bias, has_bias,
               code):
     """Depthwise (multiplier 1) then pointwise convolution, fused: each task computes the
-    depthwise output of ``task_rows`` output rows into its thread's ``scratch`` (an
-    L2-sized block, never written to memory as a whole intermediate), multiplies that
+    depthwise output of ``task_rows`` output rows into its thread's ``scratch`` (the
+    intermediate is never written to memory as a whole), multiplies that
     block by the pointwise matrix ``W2`` (C, F) with BLAS into ``Y2`` (pixels, F), then
     adds the bias and applies the activation while the block is in cache."""
     N = x.shape[0]
@@ -773,7 +773,7 @@ def few_channel_conv(x, w2, y, strides, dilation, before, ksize, bias, has_bias,
     rows_all = np.empty((N * OD * OH, KD * KH), np.int64)
     taps_all = np.empty((N * OD * OH, KD * KH), np.int64)
     for row in prange(N * OD * OH):
-        L = lanes(x)  # a constant once inlined
+        L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
         n = row // (OD * OH)
         od = (row // OH) % OD
         oh = row % OH
@@ -1048,7 +1048,7 @@ def _make_pool_rows3(is_max):
         rows_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
         taps_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
         for row in prange(N * OD * OH):
-            L = lanes(x)  # a constant once inlined
+            L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
             n = row // (OD * OH)
             od = (row // OH) % OD
             oh = row % OH
@@ -1100,7 +1100,7 @@ def _make_pool_simd(is_max):
         rows_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
         taps_all = np.empty((N * OD * OH, ksize[0] * ksize[1]), np.int64)
         for row in prange(N * OD * OH):
-            L = lanes(x)  # a constant once inlined
+            L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
             n = row // (OD * OH)
             od = (row // OH) % OD
             oh = row % OH
@@ -1178,7 +1178,7 @@ def _make_global_pool(is_max):
         nch = part.shape[1]
         C4 = C - C % (4 * lanes(x))
         for job in prange(N * nch):
-            L = lanes(x)  # a constant once inlined
+            L = lanes(x)  # in the loop body: a constant there (a parfor passes outer values in)
             n = job // nch
             k = job % nch
             p0 = k * P // nch

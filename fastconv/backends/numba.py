@@ -18,8 +18,8 @@ How each op is computed (chosen by measurement on this 2-core machine, see READM
   into its strided slice of the output (no zero insertion, no scatter-add); small
   ones (per image) as one GEMM and a col2im per image, one image per task;
 * separable convolutions (``separable_conv``): depthwise and pointwise fused, each
-  task's block of output rows through the depthwise kernel into an L2-sized buffer
-  and then one GEMM, so the intermediate never goes through memory whole;
+  task's block of output rows through the depthwise kernel into a buffer of at
+  most ``_POINTWISE_BYTES`` with its output rows, and then one GEMM, so the intermediate never goes through memory whole;
 * depthwise (register-tiled SIMD kernel, with 3x3 stride-1 and stride-2 tiles of 8
   pixels sharing input loads; a depth multiplier M repeats each input channel M times first)
   and pooling: direct SIMD loops, one thread per output row, vectorised along
@@ -44,6 +44,7 @@ applied to the tile while it is in cache.  The thread count follows
 import functools
 import itertools
 import math
+import sys
 import threading
 
 import numba
@@ -471,8 +472,9 @@ def separable_conv(x, dk, pk, b, strides, dilation, pads, out_shape, activation)
     convolution, bias and activation after the pointwise one (Keras ``SeparableConv``)."""
     out_shape = tuple(out_shape)
     if _separable_path(dk.shape, strides, dilation) == "separable_two_passes":
-        mid = depthwise_conv(x, dk, None, strides, dilation, pads, out_shape, None)
-        return conv(mid, pk, b, (1, 1, 1), (1, 1, 1), ((0, 0),) * 3, 1, out_shape, activation)
+        from . import separable_in_two
+        return separable_in_two(sys.modules[__name__], x, dk, pk, b, strides, dilation, pads, out_shape,
+                                activation)
     n, c, f = x.shape[0], x.shape[-1], pk.shape[-1]
     y = np.empty((n,) + out_shape + (f,), x.dtype)
     if y.size == 0:
@@ -572,7 +574,7 @@ _PATHS = {
     "transpose_phases": "one stride-1 convolution per output phase ({phases} phases) written into its "
                         "strided slice of the output: {dense}",
     "separable_fused": "depthwise and pointwise fused: each task's block of output rows goes through "
-                       "the depthwise SIMD kernel into an L2-sized buffer, then one GEMM (BLAS) by the "
+                       "the depthwise SIMD kernel into a buffer (at most 2 MiB with its output rows), then one GEMM (BLAS) by the "
                        "pointwise kernel, bias and activation while the block is in cache",
     "separable_two_passes": "a depthwise convolution (input channels repeated by the depth multiplier), "
                             "then a 1x1 convolution: {pointwise}",
@@ -627,8 +629,14 @@ def algorithm(op, *args):
         _, w, _, strides, dilation = args[:5]
         return _PATHS[_depthwise_path(w.shape, strides, dilation)]
     if op == "separable_conv":
-        _, dk, _, _, strides, dilation = args[:6]
-        return _PATHS[_separable_path(dk.shape, strides, dilation)].format(pointwise=_PATHS["pointwise_gemm"])
+        _, dk, pk, b, strides, dilation, _, out_shape, act = args
+        path = _separable_path(dk.shape, strides, dilation)
+        if path == "separable_fused":
+            return _PATHS[path]
+        # the 1x1 pass, described from the shape of the depthwise result (no data needed)
+        mid = np.broadcast_to(np.zeros((), x.dtype), (x.shape[0],) + tuple(out_shape) + (pk.shape[3],))
+        return _PATHS[path].format(pointwise=algorithm("conv", mid, pk, b, (1, 1, 1), (1, 1, 1), ((0, 0),) * 3, 1,
+                                                       tuple(out_shape), act))
     if op == "conv_transpose":
         _, w, _, strides, dilation, pads_before, out_shape, _ = args
         if _transpose_path(x.shape, w.shape, x.itemsize) == "transpose_col2im":
