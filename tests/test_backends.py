@@ -165,3 +165,35 @@ def test_separable_does_not_depend_on_the_batch_split(backend, multiplier):
     parts = np.concatenate([fastconv.separable_conv2d(x[i:i + 5], dk, pk, np.ones(48, np.float32), **kw)
                             for i in range(0, 23, 5)])
     np.testing.assert_array_equal(whole, parts)
+
+
+# empty operands (no channels, filters or multiplier) give the reference's result on every
+# backend: an empty output, or the bias alone where no input channel contributes
+_EMPTY_CASES = [
+    ("conv2d", [(1, 5, 5, 0), (3, 3, 0, 4), (4,)], {}),
+    ("conv2d", [(1, 5, 5, 3), (3, 3, 3, 0)], {}),
+    ("conv2d", [(1, 5, 5, 4), (3, 3, 2, 0)], dict(groups=2)),
+    ("depthwise_conv2d", [(1, 5, 5, 0), (3, 3, 0, 1)], {}),
+    ("depthwise_conv2d", [(1, 5, 5, 3), (3, 3, 3, 0)], {}),
+    ("separable_conv2d", [(1, 5, 5, 0), (3, 3, 0, 1), (1, 1, 0, 4), (4,)], {}),
+    ("separable_conv2d", [(1, 5, 5, 3), (3, 3, 3, 1), (1, 1, 3, 0)], {}),
+    ("conv2d_transpose", [(1, 5, 5, 0), (3, 3, 4, 0), (4,)], dict(strides=2)),
+    ("conv2d_transpose", [(1, 5, 5, 3), (3, 3, 0, 3)], dict(strides=2)),
+    ("max_pool2d", [(1, 4, 4, 0)], {}),
+    ("global_avg_pool2d", [(1, 4, 4, 0)], {}),
+    ("global_max_pool2d", [(2, 4, 4, 0)], {}),
+]
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython", "auto"])
+@pytest.mark.parametrize("op, shapes, kwargs", _EMPTY_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(_EMPTY_CASES)])
+def test_empty_operands_match_the_reference(backend, op, shapes, kwargs):
+    rng = np.random.default_rng(0)
+    args = [rng.random(s, np.float32) + 0.5 for s in shapes]
+    f = getattr(fastconv, op)
+    if "pool" not in op:
+        kwargs = dict(kwargs, activation="relu")
+    expected = f(*args, backend="reference", **kwargs)
+    got = f(*args, backend=backend, **kwargs)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)

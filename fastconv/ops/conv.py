@@ -183,8 +183,10 @@ def _separable(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides, pa
     bias = None if p.bias is None else np.ascontiguousarray(p.bias, dtype=dt)
     geometry = (axes3(p.strides, nsp, 1), axes3(p.dilation, nsp, 1), axes3(p.pads, nsp, (0, 0)),
                 axes3(p.out, nsp, 1))
-    if backends.implements(backend, "separable_conv") and not A.is_device_array(x3):
-        # one fused kernel (the depthwise result never goes through memory whole)
+    if backends.implements(backend, "separable_conv") and not A.is_device_array(x3) \
+            and min(x3.size, dk3.size, pk3.size) > 0:
+        # one fused kernel (the depthwise result never goes through memory whole); empty
+        # operands take the two kernels, which hand them to the reference backend
         return run_conv_like("separable_conv", backend, nsp, p.fmt, p.act, x3, dk3, pk3, bias, *geometry)
     ones = (1, 1, 1)
     mid_y = run_conv_like("depthwise_conv", backend, 3, "channels_last", None, x3, dk3, None, *geometry)
