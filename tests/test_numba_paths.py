@@ -311,7 +311,7 @@ def test_border_count_matches_border_pixels(nb, seed):
 def test_pool_rows3(nb, monkeypatch, kind, shape, kw, dtype):
     # windows 3 wide at stride 1 along W: column reductions slid along the row (both edges
     # in the padding, rows narrower than the window, a masked channel tail); NaN propagates
-    monkeypatch.setattr(nb, "_PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(nb, "_POOL_PARALLEL_MIN", 0)
     f = getattr(fastconv, f"{kind}_pool{len(shape) - 2}d")
     x = _rand(*shape)
     _check(f, x, dtype=dtype, **kw)
@@ -334,7 +334,7 @@ def test_pool_rows3(nb, monkeypatch, kind, shape, kw, dtype):
 def test_pool_simd(nb, monkeypatch, kind, shape, kw, dtype):
     # the generic SIMD pool: windows cut by the padding, masked channel tails, 1-D to 3-D;
     # NaN propagates, -inf stays -inf
-    monkeypatch.setattr(nb, "_PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(nb, "_POOL_PARALLEL_MIN", 0)
     f = getattr(fastconv, f"{kind}_pool{len(shape) - 2}d")
     x = _rand(*shape)
     _check(f, x, dtype=dtype, **kw)
