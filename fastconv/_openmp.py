@@ -20,7 +20,6 @@ nothing is changed when libgomp was already loaded before fastconv.
 """
 
 import ctypes
-import importlib
 import os
 import re
 
@@ -52,17 +51,11 @@ def configure():
         return False
     os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     try:
-        # the Cython kernels load the libgomp they were linked with; Numba's omp layer
-        # links the system one, loaded by name
-        for module in ("fastconv.backends._cython.direct",):
-            try:
-                importlib.import_module(module)
-            except ImportError:
-                pass
-        try:
-            ctypes.CDLL("libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
-        except OSError:
-            pass
+        # by its shared name: the Cython kernels and Numba's omp layer link libgomp.so.1,
+        # and the loader gives them this one
+        ctypes.CDLL("libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        pass
     finally:
         del os.environ["GOMP_SPINCOUNT"]
     return _already_loaded()
