@@ -639,15 +639,8 @@ def _call_layer_cuda(layer, args, cu, stats):
     """``layer`` on device arrays: its :meth:`Layer.call_cuda`, or, for a layer without a device
     implementation, :meth:`Layer.call` on host copies and the result copied back (counted in
     ``stats["host_round_trips"]``)."""
-    try:
+    with _layer_errors(layer, args):
         y = layer.call_cuda(args, cu)
-    except FastconvError:
-        raise
-    except (ValueError, TypeError, OverflowError, IndexError) as exc:
-        shapes = [getattr(a, "shape", None) for a in _flatten_values(args)]
-        raise InvalidArgumentError(
-            f"predict: layer {layer.name!r} ({layer.class_name}) cannot run on inputs of shape "
-            f"{', '.join(map(str, shapes))}: {type(exc).__name__}: {exc}") from exc
     if y is NotImplemented:
         host = _rebuild_values(args, cu.to_host)
         y = cu.to_device(_call_layer(layer, host, "auto"))
@@ -668,10 +661,18 @@ def _call_layer(layer, args, backend, donated=()):
     """``layer.call`` (or ``call_donated`` when inputs are donated), with NumPy's complaints about
     a model inconsistent with its input (shapes that don't broadcast or concatenate...) turned into
     a fastconv error naming the layer."""
-    try:
+    with _layer_errors(layer, args):
         if donated:
             return layer.call_donated(args, backend, donated)
         return layer.call(args, backend)
+
+
+@contextlib.contextmanager
+def _layer_errors(layer, args):
+    """NumPy's complaints about a model inconsistent with its input, raised inside the block,
+    as a fastconv error naming the layer (fastconv's own errors pass through)."""
+    try:
+        yield
     except FastconvError:
         raise
     except (ValueError, TypeError, OverflowError, IndexError) as exc:
