@@ -52,6 +52,9 @@ ctypedef fused real:
     double
 
 
+include "_isa.pxi"
+
+
 # ---------------------------------------------------------------- micro-kernels (C)
 cdef extern from *:
     """
@@ -59,42 +62,17 @@ cdef extern from *:
     #include <stdlib.h>
     #include <string.h>
 
-    /* ISA levels: kernels are compiled three times (AVX-512, AVX2+FMA, baseline) with vectors of
-       that level's width, and the level is picked once at import (fc_isa_detect). */
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-    #  define FC_X86 1
-    #  define FC_T512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
-    #  define FC_T256 __attribute__((target("avx2,fma")))
+    /* the ISA macros (FC_X86, FC_T512, ...) and fc_vec_bytes are in _isa.pxi */
+    #if FC_X86
     /* keeps a loaded vector in a register: GCC would otherwise fold the load into every FMA that
        uses it (one load per use instead of one per vector) */
     #  define FC_KEEP(v) __asm__("" : "+v"(v))
     #else
-    #  define FC_X86 0
-    #  define FC_T512
-    #  define FC_T256
     #  define FC_KEEP(v) ((void)0)
     #endif
-    #define FC_TBASE
     /* the widest kernel row with a specialised tile kernel */
     #define FC_DW_KMAX 5
-    #define FC_INL static inline __attribute__((always_inline))
-    /* where mask m is set (all ones): b, else a (V the vector type, M its integer mask type) */
-    #define FC_BLEND(V, M, a, b, m) ((V)(((M)(a) & ~(m)) | ((M)(b) & (m))))
 
-    static int fc_isa_detect(void) {
-    #if FC_X86
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-                && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")
-                && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            return 2;
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            return 1;
-    #endif
-        return 0;
-    }
-    /* vector bytes of ISA level `isa` */
-    static ptrdiff_t fc_vec_bytes(int isa) { return isa == 2 ? 64 : isa == 1 ? 32 : 16; }
     /* output pixels per depthwise tile at ISA level `isa` (2 rows x P accumulators: 16 of the 32
        AVX-512 registers, 8 of the 16 AVX2/SSE ones) */
     static ptrdiff_t fc_dw_pixels(int isa) { return isa == 2 ? 8 : 4; }
@@ -307,38 +285,13 @@ cdef extern from *:
                              Py_ssize_t npx, Py_ssize_t s, Py_ssize_t kw, Py_ssize_t dw) noexcept nogil
     ctypedef void (*fc_packfn)(const void* src, Py_ssize_t C, Py_ssize_t nb, Py_ssize_t cn, Py_ssize_t lo,
                                Py_ssize_t hi, Py_ssize_t np, void* dst, Py_ssize_t bs) noexcept nogil
-    int fc_isa_detect() noexcept nogil
-    Py_ssize_t fc_vec_bytes(int isa) noexcept nogil
     Py_ssize_t fc_dw_pixels(int isa) noexcept nogil
     fc_dwfn fc_dw_select(int isa, int dsize, int R, Py_ssize_t s, Py_ssize_t kw, Py_ssize_t dw) noexcept nogil
     fc_packfn fc_dw_packer(int isa, int dsize) noexcept nogil
 
 
-# ---------------------------------------------------------------- ISA level
-cdef int _DETECTED = fc_isa_detect()
-cdef int _isa = _DETECTED
-_ISA_NAMES = ("baseline", "avx2", "avx512")
-
-
-def isa():
-    """The instruction-set level the kernels run at: "avx512", "avx2" or "baseline"."""
-    return _ISA_NAMES[_isa]
-
-
-def set_isa(name=None):
-    """Run the kernels at a lower instruction-set level than detected (tests), or back at the
-    detected one (``None``).  Raises ``ValueError`` for a level this CPU lacks."""
-    global _isa
-    level = _DETECTED if name is None else _ISA_NAMES.index(name)
-    if level > _DETECTED:
-        raise ValueError(f"this CPU does not support {name!r} (detected: {_ISA_NAMES[_DETECTED]})")
-    _isa = level
-
-
-def block_channels(Py_ssize_t itemsize):
-    """Channels per channel block (one vector) at the current level, for elements of ``itemsize`` bytes."""
-    return fc_vec_bytes(_isa) // itemsize
-
+# ---------------------------------------------------------------- ISA level (isa, set_isa and
+# block_channels are in _isa.pxi)
 
 def tile_pixels():
     """Output pixels per row of a tile at the current level."""

@@ -33,39 +33,17 @@ ctypedef fused real:
     double
 
 
+include "_isa.pxi"
+
+
 cdef extern from *:
     """
     #include <stddef.h>
 
-    /* ISA levels, as in direct.pyx: each kernel is compiled for AVX-512, AVX2 and baseline, with
-       that level's vector width, and the level is picked once at import. */
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-    #  define FC_X86 1
-    #  include <immintrin.h>
-    #  define FC_T512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
-    #  define FC_T256 __attribute__((target("avx2,fma")))
-    #else
-    #  define FC_X86 0
-    #  define FC_T512
-    #  define FC_T256
-    #endif
-    #define FC_TBASE
-    #define FC_INL static inline __attribute__((always_inline))
-    #define FC_BLEND(V, M, a, b, m) ((V)(((M)(a) & ~(m)) | ((M)(b) & (m))))
-
-    static int fc_isa_detect(void) {
+    /* the ISA macros (FC_X86, FC_T512, ...) and fc_vec_bytes are in _isa.pxi */
     #if FC_X86
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-                && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")
-                && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            return 2;
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            return 1;
+    #  include <immintrin.h>
     #endif
-        return 0;
-    }
-    static ptrdiff_t fc_vec_bytes(int isa) { return isa == 2 ? 64 : isa == 1 ? 32 : 16; }
 
     /* The reductions.  MAX: the maximum, NaN wherever a NaN is among the values (the running
        maximum keeps the larger value, or the old one when either is NaN; a mask records whether a
@@ -285,40 +263,12 @@ cdef extern from *:
                                Py_ssize_t OW, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t a0, Py_ssize_t ncols,
                                void* y, int op, int win) noexcept nogil
     ctypedef void (*fc_pglobfn)(const void* x, Py_ssize_t count, Py_ssize_t C, void* dst, int op) noexcept nogil
-    int fc_isa_detect() noexcept nogil
-    Py_ssize_t fc_vec_bytes(int isa) noexcept nogil
     fc_pcolfn fc_pcol_pick(int isa, int dsize) noexcept nogil
     fc_pwinfn fc_pwin_pick(int isa, int dsize) noexcept nogil
     fc_pglobfn fc_pglob_pick(int isa, int dsize) noexcept nogil
     enum:
         FC_MAX
         FC_SUM
-
-
-# ---------------------------------------------------------------- ISA level
-cdef int _DETECTED = fc_isa_detect()
-cdef int _isa = _DETECTED
-_ISA_NAMES = ("baseline", "avx2", "avx512")
-
-
-def isa():
-    """The instruction-set level the kernels run at: "avx512", "avx2" or "baseline"."""
-    return _ISA_NAMES[_isa]
-
-
-def set_isa(name=None):
-    """Run the kernels at a lower instruction-set level than detected (tests), or back at the
-    detected one (``None``).  Raises ``ValueError`` for a level this CPU lacks."""
-    global _isa
-    level = _DETECTED if name is None else _ISA_NAMES.index(name)
-    if level > _DETECTED:
-        raise ValueError(f"this CPU does not support {name!r} (detected: {_ISA_NAMES[_DETECTED]})")
-    _isa = level
-
-
-def block_channels(Py_ssize_t itemsize):
-    """Channels per vector at the current level, for elements of ``itemsize`` bytes."""
-    return fc_vec_bytes(_isa) // itemsize
 
 
 # ---------------------------------------------------------------- window pooling
