@@ -209,7 +209,7 @@ def test_global_pools_simd(nb, monkeypatch, shape, dtype):
     assert np.isnan(got[0, -1]) and np.isnan(got).sum() == 1
     results = []
     for min_work in (0, 1 << 60):  # two threads (where there are two), then one
-        monkeypatch.setattr(nb, "_GLOBAL_PARALLEL_MIN", min_work)
+        monkeypatch.setattr(nb, "_POOL_PARALLEL_MIN", min_work)
         results.append((f_max(x, backend="numba"), f_avg(x, backend="numba")))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)

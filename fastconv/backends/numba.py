@@ -100,7 +100,6 @@ _DIRECT_PARALLEL_MIN_WORK = 1 << 19
 # max pool 2x2 on 1x112x112x64 112 -> 70 us).  Under OMP_WAIT_POLICY=PASSIVE, waking the
 # second thread cost more than it saved up to 3.2 M float32.
 _POOL_PARALLEL_MIN = 1 << 18
-_GLOBAL_PARALLEL_MIN = 1 << 18
 
 
 def _threads(work, min_work=None):
@@ -525,7 +524,7 @@ def avg_pool(x, pool, strides, pads, out_shape):
 def _global(x, is_max):
     n, c = x.shape[0], x.shape[-1]
     x3 = np.ascontiguousarray(x).reshape(n, -1, c)
-    _threads(x.size, _GLOBAL_PARALLEL_MIN)
+    _threads(x.size, _POOL_PARALLEL_MIN)
     y = np.empty((n, c), x.dtype)
     part = _scratch((n, K.gp_chunks(x3.shape[1]), c), x.dtype)
     (K.global_max_pool if is_max else K.global_sum_pool)(x3, y, part)
