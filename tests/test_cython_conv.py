@@ -61,6 +61,14 @@ FORWARD = [
     ("conv1d-k5-dil2", (3, 1, 1, 200, 24), (1, 1, 5, 24, 32), (1, 1, 1), (1, 1, 2), (P0, P0, (4, 4)), 1,
      "direct_tiled"),
     ("conv3d", (2, 7, 8, 9, 8), (3, 2, 3, 8, 12), (2, 1, 1), (1, 1, 1), ((1, 1), (0, 1), P1), 1, "direct_tiled"),
+    # borders wider than a micro-tile: the border strips grow to hold every pixel whose
+    # window crosses the border (12 on the left here; 9 on each side below)
+    ("causal-dilated-wide-border", (2, 1, 1, 40, 17), (1, 1, 5, 17, 64), (1, 1, 1), (1, 1, 3), (P0, P0, (12, 0)),
+     1, "direct_tiled"),
+    ("same-dilated-wide-border", (1, 1, 23, 31, 16), (1, 3, 7, 16, 80), (1, 1, 1), (1, 1, 3), (P0, P1, (9, 9)),
+     1, "direct_tiled"),
+    ("few-wide-border", (1, 1, 23, 23, 1), (1, 7, 7, 1, 128), (1, 1, 1), (1, 3, 3), (P0, (9, 9), (9, 9)), 1,
+     "direct_few_channels"),
     ("uneven-pads", (1, 1, 11, 13, 16), (1, 4, 2, 16, 8), (1, 3, 1), (1, 1, 1), (P0, (3, 0), (0, 2)), 1,
      "direct_tiled"),
     ("grouped-wide", (2, 1, 14, 14, 64), (1, 3, 3, 16, 32), (1, 1, 1), (1, 1, 1), (P0, P1, P1), 4, PERMUTING),

@@ -417,6 +417,20 @@ def _gemm_tasks(jobs, n, c, f, groups, item):
     return np.array(tasks, np.intp).reshape(-1, 5), need
 
 
+def _packed_size(job, run_max, width, c, vl):
+    """Elements of the direct engine's per-thread copy of a border strip's zero-padded input
+    columns (``_direct_task`` in conv.pyx) for ``job`` on an input ``width`` wide with ``c``
+    channels: 0 if no output column has a window crossing the left or right border.  A strip
+    is at most a whole run wide; one vector more lets a permuting block read its last vectors
+    past the last copied pixel."""
+    ow, pw, sw, dw, kd, kh, kw = job[2], job[5], job[8], job[11], job[12], job[13], job[14]
+    last = width - 1 + pw - (kw - 1) * dw           # the last inside column is last // sw
+    if pw <= 0 and last >= 0 and last // sw + 1 >= ow:
+        return 0
+    strip = min(run_max, ow)
+    return kd * kh * ((strip - 1) * sw + (kw - 1) * dw + 1) * c + vl
+
+
 def _direct_tasks(jobs, n, cg, f, run_max):
     """Tasks (job, m0, mt, f0, f1) for the direct engine.
 
@@ -448,7 +462,7 @@ class _Plan:
     allocates its output and runs the engine."""
 
     __slots__ = ("algo", "engine", "jobs", "tasks", "macs", "y_shape", "f", "fp", "rows", "taps",
-                 "cg", "groups", "blk", "idx", "ns", "tile_outer", "run_max", "kmax", "need")
+                 "cg", "groups", "blk", "idx", "ns", "tile_outer", "run_max", "kmax", "need", "packed")
 
     def __init__(self):
         self.taps = self.blk = self.idx = None
@@ -470,9 +484,9 @@ class _Plan:
         return wpad
 
 
-def _finish_plan(plan, jobs, wrows, n, c, f, groups, dtype):
+def _finish_plan(plan, jobs, wrows, n, c, f, groups, dtype, width):
     """Fill in the engine-dependent parts of ``plan`` for ``jobs`` whose weight matrices have
-    ``wrows`` rows each (stacked in that order)."""
+    ``wrows`` rows each (stacked in that order); ``width`` is the input's width (W)."""
     item = np.dtype(dtype).itemsize
     plan.f, plan.groups, plan.cg = f, groups, c // groups
     offs = np.cumsum([0] + list(wrows))
@@ -488,6 +502,8 @@ def _finish_plan(plan, jobs, wrows, n, c, f, groups, dtype):
         plan.blk, idx, plan.ns = _blocks(c, f, groups, dtype)
         plan.idx = idx.reshape(-1).view(np.uint8)
         plan.tile_outer = bool(plan.blk[:, 1].any())
+        # grouped (permuting) layers compute border pixels one at a time: no strips there
+        plan.packed = 0 if plan.tile_outer else max(_packed_size(job, plan.run_max, width, c, vl) for job in jobs)
     else:
         plan.fp = f
         for job, o in zip(jobs, offs):
@@ -506,9 +522,10 @@ def _run(plan, x, wm, y, b, activation):
     threads = _threads(plan.macs)
     if plan.engine == "direct":
         scratch = _scratch(threads, plan.run_max * plan.fp, x.dtype)
-        iscratch = _scratch(threads, 6 * plan.kmax, np.intp, slot=1)
+        iscratch = _scratch(threads, 7 * plan.kmax, np.intp, slot=1)
+        pscratch = _scratch(threads, plan.packed, x.dtype, slot=2)
         _k.direct_conv(x, wm, y, plan.jobs, plan.tasks, scratch, plan.run_max, iscratch, bias, has_bias, code,
-                       threads, plan.cg, plan.blk, plan.idx, plan.ns, plan.tile_outer)
+                       threads, plan.cg, plan.blk, plan.idx, plan.ns, plan.tile_outer, pscratch)
     else:
         scratch = _scratch(threads, plan.need, x.dtype)
         with _blas.single_threaded():
@@ -533,7 +550,7 @@ def _conv_plan(x_shape, w_shape, strides, dilation, pads, groups, out_shape, dty
     mode = _k.MODE_ROWS if plan.algo == "gemm_1x1" else _k.MODE_PACK
     job = _job(out_shape, [p[0] for p in pads], strides, dilation, w_shape[:3], (0, 0, 0), (1, 1, 1), 0, mode,
                True)
-    return _finish_plan(plan, [job], [math.prod(w_shape[:4])], n, c, f, groups, dtype)
+    return _finish_plan(plan, [job], [math.prod(w_shape[:4])], n, c, f, groups, dtype, x_shape[3])
 
 
 def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
@@ -582,7 +599,7 @@ def _transpose_plan(x_shape, w_shape, strides, dilation, pads_before, out_shape,
     plan.taps = np.array(taps, np.intp)
     fits = all(_direct_fits(r) for r in wrows)
     plan.engine = "direct" if c < _FEW_CHANNELS or fits else "gemm"
-    return _finish_plan(plan, jobs, wrows, n, c, f, 1, dtype)
+    return _finish_plan(plan, jobs, wrows, n, c, f, 1, dtype, x_shape[3])
 
 
 def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activation):
