@@ -57,6 +57,34 @@ def test_pointwise_gemm(dtype):
            activation="gelu")
 
 
+@pytest.mark.parametrize("m, k, f", [(1, 1, 1), (6, 16, 64), (7, 33, 80), (13, 24, 128), (40, 5, 200)])
+def test_matmul_tiles(m, k, f, dtype):
+    # the register-tiled product of 1x1 convolutions and the fused separable one: tiles of 6
+    # rows x 4 vectors, tail rows (m % 6) and tail columns (whole and masked vectors), against
+    # a plain loop over the terms (which rounds each product, where the kernel fuses them)
+    from fastconv.backends import _numba_kernels as K
+    rng = np.random.default_rng(m * 1000 + f)
+    a, w = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, f)).astype(dtype)
+    y = np.full((m, f), np.nan, dtype)
+    K.matmul_tiles(a, w, y)
+    want = np.zeros((m, f), dtype)
+    for j in range(k):
+        want = (a[:, j:j + 1] * w[j]).astype(dtype) + want
+    np.testing.assert_allclose(y, want, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-6)
+
+
+def test_pointwise_gemm_column_split(nb, monkeypatch, dtype):
+    # too few rows for every thread: BLAS on column blocks (gemm_rows) instead of the tiles
+    monkeypatch.setattr(nb, "_MIN_TASK_ROWS", 1 << 20)
+    monkeypatch.setattr(nb.numba, "get_num_threads", lambda: 2)
+    from fastconv.backends import _numba_kernels as K
+    called = []
+    real = K.gemm_rows
+    monkeypatch.setattr(K, "gemm_rows", lambda *a: (called.append(1), real(*a))[1])
+    _check(fastconv.conv2d, _rand(2, 5, 6, 24), _rand(1, 1, 24, 96), _rand(96), dtype=dtype, activation="relu")
+    assert called
+
+
 @pytest.mark.parametrize("tile_bytes", [64, 4096, 1 << 30])
 def test_im2col_tiles(nb, monkeypatch, tile_bytes, dtype):
     monkeypatch.setattr(nb, "_TILE_BYTES", tile_bytes)
@@ -217,7 +245,7 @@ def test_global_pools_simd(nb, monkeypatch, shape, dtype):
 
 # (op, args, kwargs, the path numba must take, the kernels that path calls)
 _PATH_CASES = [
-    ("conv2d", ((2, 5, 6, 24), (1, 1, 24, 10)), {}, "pointwise_gemm", {"gemm_rows"}),
+    ("conv2d", ((2, 5, 6, 24), (1, 1, 24, 10)), {}, "pointwise_gemm", {"tiles_rows"}),
     ("conv2d", ((2, 20, 22, 20), (3, 4, 20, 7)), dict(padding="same"), "shifted_gemm",
      {"shifted_taps", "pixels_conv"}),
     ("conv2d", ((1, 3, 3, 32), (3, 3, 32, 4)), dict(padding="same"), "im2col", {"im2col_conv"}),
@@ -238,14 +266,14 @@ _PATH_CASES = [
      {"transpose_col2im"}),
     # per image over _COL2IM_BYTES (2.4 MB of tap products): by phases
     ("conv2d_transpose", ((1, 64, 64, 3), (3, 3, 16, 3)), dict(strides=2, padding="same"), "transpose_phases",
-     {"gemm_rows", "im2col_t_conv"}),
+     {"tiles_rows", "im2col_t_conv"}),
     # per image over _COL2IM_MAX_WORK (9.4 M multiply-adds): by phases
     ("conv2d_transpose", ((1, 32, 32, 32), (3, 3, 32, 32)), dict(strides=2, padding="same"), "transpose_phases",
-     {"gemm_rows", "shifted_taps", "pixels_conv"}),
+     {"tiles_rows", "shifted_taps", "pixels_conv"}),
     ("separable_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1), (1, 1, 24, 16)), dict(padding="same"), "separable_fused",
      {"separable"}),
     ("separable_conv2d", ((2, 9, 10, 8), (3, 3, 8, 2), (1, 1, 16, 16)), dict(padding="same"),
-     "separable_two_passes", {"depthwise", "gemm_rows"}),
+     "separable_two_passes", {"depthwise", "tiles_rows"}),
     ("max_pool2d", ((2, 9, 10, 24),), {}, "pool_simd", {"max_pool"}),
     ("avg_pool2d", ((2, 9, 10, 24),), dict(pool_size=3, strides=1, padding="same"), "pool_rows3",
      {"avg_pool_rows3"}),
@@ -265,7 +293,7 @@ def test_algorithm_names_the_path_taken(nb, monkeypatch, op, shapes, kw, path, k
     args = [_rand(*s).astype(np.float32) for s in shapes]
     (call,) = fastconv.explain(op, *args, backend="numba", **kw).calls
     assert nb._PATHS[path].split("{")[0] in call.algorithm, call.algorithm
-    names = ["gemm_rows", "shifted_taps", "pixels_conv", "im2col_conv", "im2col_t_conv", "few_channel_conv", "grouped_rot",
+    names = ["gemm_rows", "tiles_rows", "shifted_taps", "pixels_conv", "im2col_conv", "im2col_t_conv", "few_channel_conv", "grouped_rot",
              "grouped_direct", "depthwise", "max_pool", "avg_pool", "max_pool_rows3",
              "avg_pool_rows3", "global_max_pool",
              "global_sum_pool", "transpose_col2im", "separable"]
@@ -277,7 +305,7 @@ def test_algorithm_names_the_path_taken(nb, monkeypatch, op, shapes, kw, path, k
     assert_close(y, getattr(fastconv, op)(*args, backend="reference", **kw))
     assert called == kernels, (called, call.algorithm)
     # the GEMM formulations inside (of the groups, of the phases) are named too
-    dense = {"gemm_rows": "pointwise_gemm", "shifted_taps": "shifted_gemm", "im2col_conv": "im2col",
+    dense = {"gemm_rows": "pointwise_gemm", "tiles_rows": "pointwise_gemm", "shifted_taps": "shifted_gemm", "im2col_conv": "im2col",
              "im2col_t_conv": "im2col_t"}
     for name in called & dense.keys():
         assert nb._PATHS[dense[name]] in call.algorithm, (name, call.algorithm)

@@ -2,8 +2,9 @@
 
 How each op is computed (chosen by measurement on this 2-core machine, see README):
 
-* dense convolutions are GEMMs: a 1x1 stride-1 convolution is one GEMM on the
-  channels-last buffer; other stride-1 convolutions with >= 16 input channels
+* dense convolutions are GEMMs: a 1x1 stride-1 convolution is one matrix product
+  on the channels-last buffer, by register tiles of 6 pixels x 4 vectors of output
+  channels (``matmul_tiles``; BLAS where the columns are split); other stride-1 convolutions with >= 16 input channels
   run one GEMM per kernel tap on shifted views of the input (no im2col, no
   padded copy; the frame of border pixels is recomputed exactly); the rest
   pack L2-sized tiles of patches (implicit im2col, never the whole matrix) and
@@ -19,7 +20,8 @@ How each op is computed (chosen by measurement on this 2-core machine, see READM
   ones (per image) as one GEMM and a col2im per image, one image per task;
 * separable convolutions (``separable_conv``): depthwise and pointwise fused, each
   task's block of output rows through the depthwise kernel into a buffer of at
-  most ``_POINTWISE_BYTES`` with its output rows, and then one GEMM, so the intermediate never goes through memory whole;
+  most ``_POINTWISE_BYTES`` with its output rows, and then one matrix product by register
+  tiles (``matmul_tiles``), so the intermediate never goes through memory whole;
 * depthwise (register-tiled SIMD kernel, with 3x3 stride-1 and stride-2 tiles of 8
   pixels sharing input loads; a depth multiplier M repeats each input channel M times first)
   and pooling: direct SIMD loops, one thread per output row, vectorised along
@@ -216,7 +218,10 @@ def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, 
     if path == "pointwise_gemm":
         X = x.reshape(n * D * H * W, c)
         rows, cols = _blocks(X.shape[0], f, _POINTWISE_BYTES // ((c + f) * item))
-        K.gemm_rows(X, w2, y2, rows, cols, bias, has_bias, code)
+        if cols == f and X.flags.c_contiguous and y2.flags.c_contiguous:
+            K.tiles_rows(X, w2, y2, rows, bias, has_bias, code)
+        else:
+            K.gemm_rows(X, w2, y2, rows, cols, bias, has_bias, code)
     elif path == "shifted_gemm":
         border = _border_pixels(tuple(out_shape), (D, H, W), tuple(ksize), tuple(dilation), tuple(before), n)
         _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias, code)
@@ -543,8 +548,9 @@ def global_avg_pool(x):
 
 # How each path computes its op, for :func:`algorithm` (and fastconv.explain).
 _PATHS = {
-    "pointwise_gemm": "one GEMM on the channels-last buffer (1x1 stride-1; SciPy sgemm/dgemm, "
-                      "single-threaded per Numba thread, rows split between threads)",
+    "pointwise_gemm": "one matrix product on the channels-last buffer (1x1 stride-1), rows split "
+                      "between threads: register tiles of 6 pixels x 4 channel vectors, or SciPy BLAS "
+                      "(single-threaded per Numba thread) where too few rows split the columns",
     "shifted_gemm": "one GEMM per kernel tap on shifted views of the channels-last input, border "
                     "pixels recomputed directly (SciPy BLAS, single-threaded per Numba thread)",
     "im2col": "L2-sized tiles of packed patches (implicit im2col), one GEMM per tile "
@@ -573,8 +579,9 @@ _PATHS = {
     "transpose_phases": "one stride-1 convolution per output phase ({phases} phases) written into its "
                         "strided slice of the output: {dense}",
     "separable_fused": "depthwise and pointwise fused: each task's block of output rows goes through "
-                       "the depthwise SIMD kernel into a buffer (at most 2 MiB with its output rows), then one GEMM (BLAS) by the "
-                       "pointwise kernel, bias and activation while the block is in cache",
+                       "the depthwise SIMD kernel into a buffer (at most 2 MiB with its output rows), then one "
+                       "matrix product by the pointwise kernel in register tiles of 6 pixels x 4 channel "
+                       "vectors, bias and activation while the block is in cache",
     "separable_two_passes": "a depthwise convolution (input channels repeated by the depth multiplier), "
                             "then a 1x1 convolution: {pointwise}",
     "pool_simd": "direct SIMD kernel, one thread per output row, each pixel's channels as whole "
