@@ -101,6 +101,50 @@ def test_bad_input_is_named(call, cls, pattern):
         call()
 
 
+@pytest.mark.parametrize("call, cls, pattern", [
+    # the same shapes and values as a good call, so that a remembered geometry would match if
+    # the key ignored the arguments' types
+    (lambda: fastconv.conv2d(X2, K2, strides=True), errors.InvalidArgumentError, r"`strides`.*True"),
+    (lambda: fastconv.conv2d(X2, K2, strides=(1, True)), errors.InvalidArgumentError, r"`strides`"),
+    (lambda: fastconv.max_pool2d(X2, pool_size=(2, True)), errors.InvalidArgumentError, r"`pool_size`"),
+    (lambda: fastconv.global_max_pool2d(X2, keepdims=1), errors.InvalidArgumentError, r"`keepdims`"),
+    (lambda: fastconv.conv2d(X2.astype(np.complex64), K2), errors.InvalidDTypeError, r"`x`.*complex64"),
+])
+def test_remembered_geometry_never_skips_a_check(call, cls, pattern):
+    # good calls of these shapes first: their checked geometry is remembered (ops._args.remembered)
+    fastconv.conv2d(X2, K2, strides=1)
+    fastconv.conv2d(X2, K2, strides=(1, 1))
+    fastconv.max_pool2d(X2, pool_size=(2, 1))
+    fastconv.global_max_pool2d(X2, keepdims=False)
+    with pytest.raises(cls, match=pattern):
+        call()
+
+
+def test_remembered_geometry_gives_the_same_results():
+    from fastconv.ops import _args
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((2, 9, 8, 4)), rng.standard_normal((3, 3, 4, 5)), rng.standard_normal(5)
+    calls = [
+        lambda: fastconv.conv2d(x, w, b, padding="same", activation="relu"),
+        lambda: fastconv.conv2d(x.astype(np.float32), w, b, strides=2),
+        lambda: fastconv.conv2d(np.moveaxis(x, -1, 1), w, data_format="channels_first", padding=((1, 0), (2, 1))),
+        lambda: fastconv.conv2d(x[:, ::2], w),                  # a strided view, not contiguous
+        lambda: fastconv.conv2d(x.tolist(), w.tolist()),        # lists: checked every time
+        lambda: fastconv.depthwise_conv2d(x, w[..., :2], None, padding="same"),
+        lambda: fastconv.separable_conv2d(x, w[..., :1], w[:1, :1, :, :3], padding="same"),
+        lambda: fastconv.conv2d_transpose(x, np.swapaxes(w, 2, 3), strides=2, padding="same"),
+        lambda: fastconv.max_pool2d(x, 3, 2, padding="same"),
+        lambda: fastconv.avg_pool2d(x.astype(np.int32), 2),
+        lambda: fastconv.global_avg_pool2d(x, keepdims=True),
+    ]
+    _args._MEMO.clear()
+    first = [c() for c in calls]
+    assert _args._MEMO                                           # remembered...
+    for got, want in zip([c() for c in calls], first):          # ...and used: the same results
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
 def test_error_classes_are_builtin_subclasses():
     assert issubclass(errors.InvalidArgumentError, ValueError)
     assert issubclass(errors.InvalidShapeError, ValueError)

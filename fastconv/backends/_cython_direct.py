@@ -9,6 +9,7 @@ activations the kernels do not fuse, and describes the algorithms
 ``fastconv.backends.cython``.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -85,6 +86,7 @@ def _threads(work):
     return get_num_threads() if work >= _PARALLEL_MIN_WORK else 1
 
 
+@functools.lru_cache(maxsize=256)
 def _split(x_shape, out_shape, ksize, strides, dilation, nblk, vec_bytes, pixels, threads):
     """Output rows per band, output columns per segment and channel blocks per group of the
     depthwise jobs.  Any split gives the same results: every output element is computed the
@@ -132,8 +134,8 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
             bias[:, :c] = b.reshape(c, m).T
     fused = activation in _direct.ACTIVATIONS
     threads = _threads(y.size * taps)
-    band, seg, group = _split(x.shape, out_shape, w.shape[:3], strides, dilation, cp // vl, vl * x.itemsize,
-                              _direct.tile_pixels(), threads)
+    band, seg, group = _split(x.shape, tuple(out_shape), w.shape[:3], tuple(strides), tuple(dilation), cp // vl,
+                              vl * x.itemsize, _direct.tile_pixels(), threads)
     _direct.depthwise(x, wt, bias, y, tuple(strides), tuple(dilation), tuple(p[0] for p in pads),
                       tuple(w.shape[:3]), _direct.ACTIVATIONS[activation if fused else None], band, seg,
                       group, threads)

@@ -219,3 +219,56 @@ def vector(arr, length, name, op, what):
     if arr.ndim != 1 or arr.shape[0] != length:
         raise InvalidShapeError(
             f"{op}: argument `{name}` must have shape ({length},) ({what}); got shape {arr.shape}")
+
+
+# ---------------------------------------------------------------- validated calls, remembered
+# An op's validation and geometry depend only on its arrays' shapes and dtypes and on its
+# other arguments; repeating them costs several microseconds per call (a tenth of a small
+# layer's time), so they are remembered under a key of exactly those (:func:`call_key`).
+_MEMO = {}
+_MEMO_MAX = 4096
+
+
+def _plain(v):
+    """Whether ``v`` is an int, a string, None, or a tuple of those (bools excluded: True == 1)."""
+    t = type(v)
+    if t is int or t is str or v is None:
+        return True
+    return t is tuple and all(_plain(e) for e in v)
+
+
+def call_key(op, arrays, params):
+    """The key under which a call's checked geometry is remembered, or None (not remembered).
+
+    ``arrays`` are the call's array arguments (or None): each must be a NumPy ndarray
+    (exactly; no subclass, no device array) and enters the key by shape and dtype.
+    ``params`` are the other arguments: ints, strings, None, tuples of those, and bools at
+    the top level, each keyed with its type.  Anything else (lists, NumPy integers,
+    callables) makes the call checked from scratch every time."""
+    key = [op]
+    for a in arrays:
+        if a is None:
+            key.append(None)
+        elif type(a) is np.ndarray:
+            key.append((a.shape, a.dtype.str))
+        else:
+            return None
+    for p in params:
+        if not (_plain(p) or type(p) is bool):
+            return None
+        key.append((type(p), p))
+    return tuple(key)
+
+
+def remembered(key, compute):
+    """``compute()``'s result for ``key`` (see :func:`call_key`), computed once; a None key
+    computes it every time.  ``compute`` raises for bad input, and nothing is remembered."""
+    if key is None:
+        return compute()
+    value = _MEMO.get(key)
+    if value is None:
+        value = compute()
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.clear()
+        _MEMO[key] = value
+    return value

@@ -71,14 +71,17 @@ def conv_plan(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups,
 
 def _conv(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups,
           activation, data_format, backend):
-    p = conv_plan(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups, activation, data_format)
-    dt = A.compute_dtype(p.x, p.kernel, p.bias)
+    def geometry():
+        p = conv_plan(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups, activation, data_format)
+        return (p.fmt, p.act, A.compute_dtype(p.x, p.kernel, p.bias), axes3(p.strides, nsp, 1),
+                axes3(p.dilation, nsp, 1), axes3(p.pads, nsp, (0, 0)), p.groups, axes3(p.out, nsp, 1))
+    fmt, act, dt, *rest = A.remembered(
+        A.call_key(op, (x, kernel, bias), (strides, padding, dilation_rate, groups, activation, data_format)),
+        geometry)
     return run_conv_like(
-        "conv", backend, nsp, p.fmt, p.act,
-        to_3d(p.x, nsp, p.fmt, dt), kernel_3d(p.kernel, nsp, dt),
-        None if p.bias is None else np.ascontiguousarray(p.bias, dtype=dt),
-        axes3(p.strides, nsp, 1), axes3(p.dilation, nsp, 1), axes3(p.pads, nsp, (0, 0)), p.groups,
-        axes3(p.out, nsp, 1))
+        "conv", backend, nsp, fmt, act, to_3d(A.as_array(x, "x", op), nsp, fmt, dt),
+        kernel_3d(A.as_array(kernel, "kernel", op), nsp, dt),
+        None if bias is None else np.ascontiguousarray(A.as_array(bias, "bias", op), dtype=dt), *rest)
 
 
 TransposePlan = collections.namedtuple(
@@ -114,14 +117,18 @@ def conv_transpose_plan(op, nsp, x, kernel, bias, strides, padding, output_paddi
 
 def _conv_transpose(op, nsp, x, kernel, bias, strides, padding, output_padding, dilation_rate,
                     activation, data_format, backend):
-    p = conv_transpose_plan(op, nsp, x, kernel, bias, strides, padding, output_padding, dilation_rate,
-                            activation, data_format)
-    dt = A.compute_dtype(p.x, p.kernel, p.bias)
+    def geometry():
+        p = conv_transpose_plan(op, nsp, x, kernel, bias, strides, padding, output_padding, dilation_rate,
+                                activation, data_format)
+        return (p.fmt, p.act, A.compute_dtype(p.x, p.kernel, p.bias), axes3(p.strides, nsp, 1),
+                axes3(p.dilation, nsp, 1), axes3(p.before, nsp, 0), axes3(p.out, nsp, 1))
+    fmt, act, dt, *rest = A.remembered(
+        A.call_key(op, (x, kernel, bias),
+                   (strides, padding, output_padding, dilation_rate, activation, data_format)), geometry)
     return run_conv_like(
-        "conv_transpose", backend, nsp, p.fmt, p.act,
-        to_3d(p.x, nsp, p.fmt, dt), kernel_3d(p.kernel, nsp, dt),
-        None if p.bias is None else np.ascontiguousarray(p.bias, dtype=dt),
-        axes3(p.strides, nsp, 1), axes3(p.dilation, nsp, 1), axes3(p.before, nsp, 0), axes3(p.out, nsp, 1))
+        "conv_transpose", backend, nsp, fmt, act, to_3d(A.as_array(x, "x", op), nsp, fmt, dt),
+        kernel_3d(A.as_array(kernel, "kernel", op), nsp, dt),
+        None if bias is None else np.ascontiguousarray(A.as_array(bias, "bias", op), dtype=dt), *rest)
 
 
 def _depthwise_parts(op, nsp, x, kernel, strides, padding, dilation_rate, data_format, name="kernel"):
@@ -140,16 +147,19 @@ def _depthwise_parts(op, nsp, x, kernel, strides, padding, dilation_rate, data_f
 
 
 def _depthwise(op, nsp, x, kernel, bias, strides, padding, dilation_rate, activation, data_format, backend):
-    act = activations.canonical(activation)
-    fmt, x, kernel, strides, dilation, out, pads = _depthwise_parts(
-        op, nsp, x, kernel, strides, padding, dilation_rate, data_format)
-    bias = _bias(bias, kernel.shape[-2] * kernel.shape[-1], op, "in_channels * depth_multiplier")
-    dt = A.compute_dtype(x, kernel, bias)
+    def geometry():
+        act = activations.canonical(activation)
+        fmt, x_, kernel_, strides_, dilation, out, pads = _depthwise_parts(
+            op, nsp, x, kernel, strides, padding, dilation_rate, data_format)
+        bias_ = _bias(bias, kernel_.shape[-2] * kernel_.shape[-1], op, "in_channels * depth_multiplier")
+        return (fmt, act, A.compute_dtype(x_, kernel_, bias_), axes3(strides_, nsp, 1), axes3(dilation, nsp, 1),
+                axes3(pads, nsp, (0, 0)), axes3(out, nsp, 1))
+    fmt, act, dt, *rest = A.remembered(
+        A.call_key(op, (x, kernel, bias), (strides, padding, dilation_rate, activation, data_format)), geometry)
     return run_conv_like(
-        "depthwise_conv", backend, nsp, fmt, act,
-        to_3d(x, nsp, fmt, dt), kernel_3d(kernel, nsp, dt),
-        None if bias is None else np.ascontiguousarray(bias, dtype=dt),
-        axes3(strides, nsp, 1), axes3(dilation, nsp, 1), axes3(pads, nsp, (0, 0)), axes3(out, nsp, 1))
+        "depthwise_conv", backend, nsp, fmt, act, to_3d(A.as_array(x, "x", op), nsp, fmt, dt),
+        kernel_3d(A.as_array(kernel, "kernel", op), nsp, dt),
+        None if bias is None else np.ascontiguousarray(A.as_array(bias, "bias", op), dtype=dt), *rest)
 
 
 SeparablePlan = collections.namedtuple(
@@ -175,23 +185,28 @@ def separable_plan(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides
 
 def _separable(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides, padding, dilation_rate,
                activation, data_format, backend):
-    p = separable_plan(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
-                       dilation_rate, activation, data_format)
-    dt = A.compute_dtype(p.x, p.depthwise_kernel, p.pointwise_kernel, p.bias)
-    x3 = to_3d(p.x, nsp, p.fmt, dt)
-    dk3, pk3 = kernel_3d(p.depthwise_kernel, nsp, dt), kernel_3d(p.pointwise_kernel, nsp, dt)
-    bias = None if p.bias is None else np.ascontiguousarray(p.bias, dtype=dt)
-    geometry = (axes3(p.strides, nsp, 1), axes3(p.dilation, nsp, 1), axes3(p.pads, nsp, (0, 0)),
-                axes3(p.out, nsp, 1))
+    def plan():
+        p = separable_plan(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
+                           dilation_rate, activation, data_format)
+        return (p.fmt, p.act, A.compute_dtype(p.x, p.depthwise_kernel, p.pointwise_kernel, p.bias),
+                (axes3(p.strides, nsp, 1), axes3(p.dilation, nsp, 1), axes3(p.pads, nsp, (0, 0)),
+                 axes3(p.out, nsp, 1)))
+    fmt, act, dt, geometry = A.remembered(
+        A.call_key(op, (x, depthwise_kernel, pointwise_kernel, bias),
+                   (strides, padding, dilation_rate, activation, data_format)), plan)
+    x3 = to_3d(A.as_array(x, "x", op), nsp, fmt, dt)
+    dk3 = kernel_3d(A.as_array(depthwise_kernel, "depthwise_kernel", op), nsp, dt)
+    pk3 = kernel_3d(A.as_array(pointwise_kernel, "pointwise_kernel", op), nsp, dt)
+    bias = None if bias is None else np.ascontiguousarray(A.as_array(bias, "bias", op), dtype=dt)
     if backends.implements(backend, "separable_conv") and not A.is_device_array(x3) \
             and min(x3.size, dk3.size, pk3.size) > 0:
         # one fused kernel (the depthwise result never goes through memory whole); empty
         # operands take the two kernels, which hand them to the reference backend
-        return run_conv_like("separable_conv", backend, nsp, p.fmt, p.act, x3, dk3, pk3, bias, *geometry)
+        return run_conv_like("separable_conv", backend, nsp, fmt, act, x3, dk3, pk3, bias, *geometry)
     ones = (1, 1, 1)
     mid_y = run_conv_like("depthwise_conv", backend, 3, "channels_last", None, x3, dk3, None, *geometry)
     return run_conv_like(
-        "conv", backend, nsp, p.fmt, p.act,
+        "conv", backend, nsp, fmt, act,
         mid_y, pk3, bias, ones, ones, ((0, 0),) * 3, 1, mid_y.shape[1:4])
 
 

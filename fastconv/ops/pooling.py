@@ -45,19 +45,25 @@ def global_plan(kind, nsp, x, keepdims, data_format):
 
 
 def _pool(kind, nsp, x, pool_size, strides, padding, data_format, backend):
-    p = pool_plan(kind, nsp, x, pool_size, strides, padding, data_format)
-    x3 = to_3d(p.x, nsp, p.fmt, A.compute_dtype(p.x))
-    y = kernel(backend, f"{kind}_pool", x3)(
-        x3, axes3(p.pool, nsp, 1), axes3(p.strides, nsp, 1), axes3(p.pads, nsp, (0, 0)), axes3(p.out, nsp, 1))
-    return from_3d(y, nsp, p.fmt)
+    def geometry():
+        p = pool_plan(kind, nsp, x, pool_size, strides, padding, data_format)
+        return (p.op, p.fmt, A.compute_dtype(p.x), axes3(p.pool, nsp, 1), axes3(p.strides, nsp, 1),
+                axes3(p.pads, nsp, (0, 0)), axes3(p.out, nsp, 1))
+    op, fmt, dt, *rest = A.remembered(
+        A.call_key((kind, nsp), (x,), (pool_size, strides, padding, data_format)), geometry)
+    x3 = to_3d(A.as_array(x, "x", op), nsp, fmt, dt)
+    return from_3d(kernel(backend, f"{kind}_pool", x3)(x3, *rest), nsp, fmt)
 
 
 def _global(kind, nsp, x, keepdims, data_format, backend):
-    p = global_plan(kind, nsp, x, keepdims, data_format)
-    x3 = to_3d(p.x, nsp, p.fmt, A.compute_dtype(p.x))
+    def geometry():
+        p = global_plan(kind, nsp, x, keepdims, data_format)
+        return p.op, p.fmt, A.compute_dtype(p.x), p.keepdims
+    op, fmt, dt, keep = A.remembered(A.call_key(("global", kind, nsp), (x,), (keepdims, data_format)), geometry)
+    x3 = to_3d(A.as_array(x, "x", op), nsp, fmt, dt)
     y = kernel(backend, f"global_{kind}_pool", x3)(x3)
-    if p.keepdims:
-        y = y.reshape((y.shape[0],) + (1,) * nsp + (y.shape[1],)) if p.fmt == "channels_last" \
+    if keep:
+        y = y.reshape((y.shape[0],) + (1,) * nsp + (y.shape[1],)) if fmt == "channels_last" \
             else y.reshape(y.shape + (1,) * nsp)
     return y
 
