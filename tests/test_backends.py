@@ -197,3 +197,41 @@ def test_empty_operands_match_the_reference(backend, op, shapes, kwargs):
     got = f(*args, backend=backend, **kwargs)
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
+
+
+# a non-finite weight: NaN exactly where the reference has it.  The forward reference pads
+# with zeros and adds 0 * w for every padded tap (NaN for an inf weight); the transposed one
+# scatters each input pixel's products and never multiplies padding.
+_NONFINITE_CASES = [
+    ("conv2d", [(1, 5, 7, 16), (3, 3, 16, 16)], dict(padding="same")),      # 1-vector blocks
+    ("conv2d", [(2, 9, 13, 16), (3, 3, 16, 64)], dict(padding="same")),     # 4-vector tiles, strips
+    ("conv2d", [(1, 9, 11, 8), (3, 3, 8, 64)], dict(padding="same", strides=2)),
+    ("conv2d", [(1, 6, 20, 16), (3, 5, 16, 64)], dict(padding=((2, 1), (4, 3)), dilation_rate=(1, 2))),
+    ("conv2d", [(1, 8, 8, 32), (3, 3, 4, 32)], dict(padding="same", groups=8)),
+    ("conv1d", [(2, 30, 16), (5, 16, 64)], dict(padding="causal", dilation_rate=2)),
+    ("conv3d", [(1, 4, 5, 6, 8), (3, 3, 3, 8, 64)], dict(padding="same")),
+    ("depthwise_conv2d", [(1, 7, 9, 32), (3, 3, 32, 1)], dict(padding="same")),
+    ("depthwise_conv2d", [(1, 7, 9, 8), (3, 3, 8, 2)], dict(padding="same", strides=2)),
+    ("separable_conv2d", [(1, 7, 9, 16), (3, 3, 16, 1), (1, 1, 16, 64)], dict(padding="same")),
+    ("conv2d_transpose", [(1, 5, 7, 16), (3, 3, 64, 16)], dict(padding="same")),
+    ("conv2d_transpose", [(1, 5, 7, 16), (3, 3, 64, 16)], dict(padding="same", strides=2)),
+    ("conv2d_transpose", [(1, 5, 7, 16), (4, 4, 16, 16)], dict(padding="same", strides=2)),
+]
+
+
+@pytest.mark.parametrize("where", ["corner", "middle"])
+@pytest.mark.parametrize("backend", ["numba", "cython", "auto"])
+@pytest.mark.parametrize("op, shapes, kwargs", _NONFINITE_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(_NONFINITE_CASES)])
+def test_nonfinite_weights_give_the_references_nans(backend, op, shapes, kwargs, where):
+    rng = np.random.default_rng(len(shapes[0]) + shapes[1][-1])
+    args = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    tap = (0,) * (len(shapes[1]) - 2) if where == "corner" else tuple(k // 2 for k in shapes[1][:-2])
+    args[1][tap + (0, 0)] = np.inf
+    args[1][tap + (1, -1)] = np.nan
+    with np.errstate(invalid="ignore"):
+        want = getattr(fastconv, op)(*args, backend="reference", **kwargs)
+        got = getattr(fastconv, op)(*args, backend=backend, **kwargs)
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)

@@ -73,7 +73,7 @@ import scipy.fft
 from .. import activations
 from .._threads import get_num_threads
 from . import _blas
-from ._geometry import transpose_phases as _phases
+from ._geometry import pad_for_nonfinite, transpose_phases as _phases
 from ._cython import conv as _k
 
 OPS = frozenset({"conv", "conv_transpose"})
@@ -328,7 +328,8 @@ def _grouped_ok(c, f, groups, dtype):
 
 _DESCRIPTIONS = {
     "direct_tiled": "direct register-tiled kernel (6 pixels x 64 channels, or 8 x 16, of accumulators), "
-                    "read straight from the channels-last input, no packing",
+                    "read straight from the channels-last input (border pixels from small zero-padded "
+                    "strips), no im2col packing",
     "direct_grouped": "direct grouped kernel: vectors of output channels spanning several groups, each "
                       "lane's group inputs permuted into place from the input read in place",
     "direct_few_channels": "direct kernel for few input channels (8 pixels x 16 channels per tile), "
@@ -421,8 +422,8 @@ def _packed_size(job, run_max, width, c, vl):
     """Elements of the direct engine's per-thread copy of a border strip's zero-padded input
     columns (``_direct_task`` in conv.pyx) for ``job`` on an input ``width`` wide with ``c``
     channels: 0 if no output column has a window crossing the left or right border.  A strip
-    is at most a whole run wide; one vector more lets a permuting block read its last vectors
-    past the last copied pixel."""
+    is at most a whole run wide; one vector more is a safety margin (strips serve only
+    broadcasting blocks, which read no channel past the pixel's)."""
     ow, pw, sw, dw, kd, kh, kw = job[2], job[5], job[8], job[11], job[12], job[13], job[14]
     last = width - 1 + pw - (kw - 1) * dw           # the last inside column is last // sw
     if pw <= 0 and last >= 0 and last // sw + 1 >= ow:
@@ -436,7 +437,8 @@ def _direct_tasks(jobs, n, cg, f, run_max):
 
     The engine computes an output row by *runs* of at most ``run_max`` pixels that start at
     fixed columns (multiples of ``run_max``), and how a run's pixels are tiled (interior
-    micro-tiles, border pixels one at a time) depends on the run alone; task boundaries are
+    micro-tiles; border pixels in zero-padded strips through the same tiles, or one at a
+    time for grouped and transposed layers) depends on the run alone; task boundaries are
     put at run boundaries, so that every pixel is computed by the same code, in the same
     order, whatever the batch size and the split of the work."""
     tasks = []
@@ -484,9 +486,12 @@ class _Plan:
         return wpad
 
 
-def _finish_plan(plan, jobs, wrows, n, c, f, groups, dtype, width):
+def _finish_plan(plan, jobs, wrows, n, c, f, groups, dtype, width, strips=True):
     """Fill in the engine-dependent parts of ``plan`` for ``jobs`` whose weight matrices have
-    ``wrows`` rows each (stacked in that order); ``width`` is the input's width (W)."""
+    ``wrows`` rows each (stacked in that order); ``width`` is the input's width (W).  Without
+    ``strips`` (transposed convolutions) the direct engine computes pixels whose window crosses
+    a border one at a time over their real taps: the reference scatters each input pixel's
+    products and never multiplies padding, so with an inf weight no padded tap may add 0 * w."""
     item = np.dtype(dtype).itemsize
     plan.f, plan.groups, plan.cg = f, groups, c // groups
     offs = np.cumsum([0] + list(wrows))
@@ -505,8 +510,10 @@ def _finish_plan(plan, jobs, wrows, n, c, f, groups, dtype, width):
         plan.kmax = max([math.prod(job[12:15]) for job in jobs] + [1])
         plan.idx = idx.reshape(-1).view(np.uint8)
         plan.tile_outer = bool(plan.blk[:, 1].any())
-        # grouped (permuting) layers compute border pixels one at a time: no strips there
-        plan.packed = 0 if plan.tile_outer else max(_packed_size(job, plan.run_max, width, c, vl) for job in jobs)
+        # grouped (permuting) layers compute border pixels one at a time (measured faster there),
+        # and so do transposed ones (see above): no strips
+        plan.packed = 0 if plan.tile_outer or not strips else \
+            max(_packed_size(job, plan.run_max, width, c, vl) for job in jobs)
     else:
         plan.fp = f
         for job, o in zip(jobs, offs):
@@ -565,6 +572,7 @@ def _conv_plan(x_shape, w_shape, strides, dilation, pads, groups, out_shape, dty
 
 
 def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
+    x, pads = pad_for_nonfinite(x, w, pads)
     plan = _conv_plan(x.shape, w.shape, tuple(strides), tuple(dilation), tuple(tuple(p) for p in pads), groups,
                       tuple(out_shape), x.dtype.str)
     if plan.algo == "fft":
@@ -613,7 +621,7 @@ def _transpose_plan(x_shape, w_shape, strides, dilation, pads_before, out_shape,
     plan.taps = np.array(taps, np.intp)
     fits = all(_direct_fits(r) for r in wrows)
     plan.engine = "direct" if c < _FEW_CHANNELS or fits else "gemm"
-    return _finish_plan(plan, jobs, wrows, n, c, f, 1, dtype, x_shape[3])
+    return _finish_plan(plan, jobs, wrows, n, c, f, 1, dtype, x_shape[3], strips=False)
 
 
 def conv_transpose(x, w, b, strides, dilation, pads_before, out_shape, activation):

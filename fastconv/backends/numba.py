@@ -1,10 +1,11 @@
-"""The numba backend: parallel Numba kernels, with dense work handed to BLAS.
+"""The numba backend: parallel Numba kernels, with most dense work handed to BLAS.
 
 How each op is computed (chosen by measurement on this 2-core machine, see README):
 
 * dense convolutions are GEMMs: a 1x1 stride-1 convolution is one matrix product
   on the channels-last buffer, by register tiles of 6 pixels x 4 vectors of output
-  channels (``matmul_tiles``; BLAS where the columns are split); other stride-1 convolutions with >= 16 input channels
+  channels (``matmul_tiles``; BLAS where the columns are split or an operand is a
+  channel slice, as a group's is); other stride-1 convolutions with >= 16 input channels
   run one GEMM per kernel tap on shifted views of the input (no im2col, no
   padded copy; the frame of border pixels is recomputed exactly); the rest
   pack L2-sized tiles of patches (implicit im2col, never the whole matrix) and
@@ -37,8 +38,8 @@ decision functions (``_conv_path``, ``_dense_path``, ``_depthwise_path``,
 The direct SIMD kernels use explicit machine vectors (``_numba_simd``): LLVM's
 loop vectoriser leaves 32-channel loops scalar and keeps no register tiles.
 
-Every op uses one thread pool: Numba's threads split the rows, and each calls
-BLAS on one thread for its own tile (see ``_blas``), with bias and activation
+Every op uses one thread pool: Numba's threads split the rows, and each computes
+its own tile (register tiles, or BLAS on one thread, see ``_blas``), with bias and activation
 applied to the tile while it is in cache.  The thread count follows
 :func:`fastconv.set_num_threads`.
 """
@@ -54,7 +55,7 @@ import numpy as np
 
 from .._threads import get_num_threads
 from . import _blas
-from ._geometry import transpose_phases as _phases
+from ._geometry import pad_for_nonfinite, transpose_phases as _phases
 from . import _numba_kernels as K
 
 NAME = "numba"
@@ -122,10 +123,11 @@ def _fused(b, activation, dtype, channels):
 # output rows stays there while every kernel tap's GEMM accumulates into it.
 _TILE_BYTES = 256 << 10
 _CHUNK_BYTES = 256 << 10
-# A 1x1 convolution's BLAS calls take rows of up to this many bytes (input and output
-# rows): each call packs the whole weight matrix again, so fewer, taller calls pay
-# (measured, 2 threads, 1444x256 @ 256x256: 1.16 ms in tasks of 121 rows, 1.03 ms in
-# tasks of 722; 3136x256 @ 256x64: 0.70 ms in 196-row tasks, 0.64 ms in 1568-row ones).
+# A 1x1 convolution's tasks (and the fused separable's) take rows of up to this many bytes
+# (input and output rows).  Measured with BLAS per task, which packs the whole weight matrix
+# again per call, so fewer, taller calls paid (2 threads, 1444x256 @ 256x256: 1.16 ms in
+# tasks of 121 rows, 1.03 ms in tasks of 722); with the register tiles, the separable
+# 38x38x256 took 1.02 ms at this budget, 1.05 at 1 MiB and 1.08-1.12 at 256-512 KiB.
 _POINTWISE_BYTES = 2 << 20
 # Shifted GEMM pays when the frame of pixels whose windows cross the border is
 # small; above this share of border pixels the tiled im2col path is used.
@@ -299,6 +301,7 @@ def _group_merge(cg):
 
 
 def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
+    x, pads = pad_for_nonfinite(x, w, pads)
     n = x.shape[0]
     cg, f = w.shape[3], w.shape[4]
     before = tuple(p[0] for p in pads)
@@ -445,6 +448,7 @@ def _depthwise_path(w_shape, strides, dilation):
 
 
 def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
+    x, pads = pad_for_nonfinite(x, w, pads)
     cm = w.shape[3] * w.shape[4]
     y = np.empty((x.shape[0],) + tuple(out_shape) + (cm,), x.dtype)
     bias, has_bias, code = _fused(b, activation, x.dtype, cm)
@@ -475,6 +479,7 @@ def separable_conv(x, dk, pk, b, strides, dilation, pads, out_shape, activation)
     """Depthwise (``dk``: KD, KH, KW, C, M) then pointwise (``pk``: 1, 1, 1, C * M, F)
     convolution, bias and activation after the pointwise one (Keras ``SeparableConv``)."""
     out_shape = tuple(out_shape)
+    x, pads = pad_for_nonfinite(x, dk, pads)
     if _separable_path(dk.shape, strides, dilation) == "separable_two_passes":
         from . import separable_in_two
         return separable_in_two(sys.modules[__name__], x, dk, pk, b, strides, dilation, pads, out_shape,
@@ -487,15 +492,14 @@ def separable_conv(x, dk, pk, b, strides, dilation, pads, out_shape, activation)
     od, oh, ow = out_shape
     _threads(n * math.prod(out_shape) * (dk.size + c * f))
     # tasks of whole output rows whose depthwise block and output stay within the
-    # pointwise GEMM's row budget
+    # pointwise row budget (no BLAS inside: the 1x1 product is register-tiled)
     rows = n * od * oh
     task_rows = _chunk(rows, max(1, _POINTWISE_BYTES // (ow * (c + f) * x.itemsize)))
     scratch = _scratch_tiles((task_rows * ow * c,), x.dtype)
-    with _blas.single_threaded():
-        K.separable(np.ascontiguousarray(x), np.ascontiguousarray(dk.reshape(-1, c)),
-                    np.ascontiguousarray(pk.reshape(c, f)), y.reshape(-1, f), od, oh, ow, task_rows, scratch,
-                    tuple(strides), tuple(dilation), tuple(p[0] for p in pads), tuple(dk.shape[:3]),
-                    np.ascontiguousarray(bias), has_bias, code)
+    K.separable(np.ascontiguousarray(x), np.ascontiguousarray(dk.reshape(-1, c)),
+                np.ascontiguousarray(pk.reshape(c, f)), y.reshape(-1, f), od, oh, ow, task_rows, scratch,
+                tuple(strides), tuple(dilation), tuple(p[0] for p in pads), tuple(dk.shape[:3]),
+                np.ascontiguousarray(bias), has_bias, code)
     return y
 
 
@@ -550,7 +554,8 @@ def global_avg_pool(x):
 _PATHS = {
     "pointwise_gemm": "one matrix product on the channels-last buffer (1x1 stride-1), rows split "
                       "between threads: register tiles of 6 pixels x 4 channel vectors, or SciPy BLAS "
-                      "(single-threaded per Numba thread) where too few rows split the columns",
+                      "(single-threaded per Numba thread) where too few rows split the columns or an "
+                      "operand is a channel slice (a group's)",
     "shifted_gemm": "one GEMM per kernel tap on shifted views of the channels-last input, border "
                     "pixels recomputed directly (SciPy BLAS, single-threaded per Numba thread)",
     "im2col": "L2-sized tiles of packed patches (implicit im2col), one GEMM per tile "

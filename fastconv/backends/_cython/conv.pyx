@@ -864,9 +864,10 @@ cdef void _span(const real* x, const real* xp, Py_ssize_t xo0, const Py_ssize_t*
     and its ``nt`` taps lie ``xoff`` further on, all inside xp's rows (``x`` itself, or a
     zero-padded copy).  Blocks of pixels take the micro-tiles (4 vectors: 6 pixels, the last
     block shorter; 1 vector: 8 pixels, a block that would overrun p1 moved back to end there,
-    recomputing a few pixels identically); a span narrower than a 1-vector tile, or any span
-    with ``single`` (pixels whose windows cross a border of ``x``), computes its pixels one at
-    a time over their own taps inside ``x`` (``_single``)."""
+    recomputing a few pixels identically; grouped layers: tiles of GRP_P or MICRO_P pixels
+    through every block, moved back alike).  With ``single`` (pixels whose windows cross a
+    border of ``x``), and for 1-vector and grouped blocks on spans narrower than their tile,
+    the pixels go one at a time over their own taps inside ``x`` (``_single``)."""
     cdef Py_ssize_t o, b, fc, P, q, width, kind
     cdef const real* xb
     cdef const void* ib
