@@ -386,3 +386,42 @@ def test_transposed_batch_invariant(case, fused, dtype):
     out = tuple((i - 1) * s + k for i, s, k in zip(xs[1:4], strides, ws[:3]))
     y = _batch_invariant(lambda v: C.conv_transpose(v, w, b, strides, dilation, (0, 0, 0), out, act), x)
     assert_close(y, R.conv_transpose(x, w, b, strides, dilation, (0, 0, 0), out, act), **_tol(dtype))
+
+
+def _skip_padding_conv2d(x, w, pads):
+    """Stride-1 2-D convolution that adds nothing for padded taps (what Keras's TensorFlow
+    backend does: an inf weight gives +-inf, never NaN, at border outputs; checked with
+    TensorFlow 2.21, tf.nn.conv2d 'SAME'), one tap at a time on the valid region."""
+    n, h, wd, c = x.shape
+    kh, kw, _, f = w.shape
+    (pt, pb), (pl, pr) = pads
+    oh, ow = h + pt + pb - kh + 1, wd + pl + pr - kw + 1
+    y = np.zeros((n, oh, ow, f), np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            o0, o1 = max(0, pt - i), min(oh, h + pt - i)        # outputs whose tap row is inside
+            q0, q1 = max(0, pl - j), min(ow, wd + pl - j)
+            if o1 > o0 and q1 > q0:
+                xs = x[:, o0 + i - pt:o1 + i - pt, q0 + j - pl:q1 + j - pl].astype(np.float64)
+                with np.errstate(invalid="ignore"):
+                    y[:, o0:o1, q0:q1] += xs @ w[i, j].astype(np.float64)
+    return y
+
+
+@pytest.mark.parametrize("f", [16, 64, 80])
+@pytest.mark.parametrize("tap", [(0, 0), (1, 2), (2, 1)])
+def test_inf_weight_gives_keras_borders(f, tap):
+    # border pixels go through zero-padded strips, where a padded tap adds 0 * inf = NaN;
+    # Keras adds nothing there, so those pixels are computed again over their real taps
+    rng = np.random.default_rng(f)
+    x = rng.standard_normal((2, 6, 13, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, f)).astype(np.float32)
+    w[tap + (0, 0)] = np.inf
+    w[tap + (3, f - 1)] = -np.inf
+    got = fastconv.conv2d(x, w, padding="same", backend="cython")
+    want = _skip_padding_conv2d(x, w, ((1, 1), (1, 1)))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    assert np.isinf(want).any()
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-4)

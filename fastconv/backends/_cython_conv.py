@@ -73,7 +73,7 @@ import scipy.fft
 from .. import activations
 from .._threads import get_num_threads
 from . import _blas
-from ._geometry import pad_for_nonfinite, transpose_phases as _phases
+from ._geometry import transpose_phases as _phases
 from ._cython import conv as _k
 
 OPS = frozenset({"conv", "conv_transpose"})
@@ -572,7 +572,6 @@ def _conv_plan(x_shape, w_shape, strides, dilation, pads, groups, out_shape, dty
 
 
 def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
-    x, pads = pad_for_nonfinite(x, w, pads)
     plan = _conv_plan(x.shape, w.shape, tuple(strides), tuple(dilation), tuple(tuple(p) for p in pads), groups,
                       tuple(out_shape), x.dtype.str)
     if plan.algo == "fft":

@@ -1,7 +1,5 @@
 """Geometry shared by the CPU backends' kernels (pure Python, no compiled code)."""
 
-import numpy as np
-
 
 def transpose_phases(n_in, k, s, d, before, n_out):
     """Split one axis of a transposed convolution into its ``s`` output phases.
@@ -32,17 +30,3 @@ def transpose_phases(n_in, k, s, d, before, n_out):
         out.append((taps, d_eff, pad, s * j0 + r - before, count))
     return out
 
-
-def pad_for_nonfinite(x, w, pads):
-    """``(x, pads)`` for a forward window op, with the zero padding made explicit when the
-    kernel ``w`` holds an inf or NaN.
-
-    The zero-padded reference adds ``0 * w`` for every padded tap, which is NaN for a
-    non-finite weight; the compiled kernels skip padded rows and some padded columns (for
-    finite weights that changes nothing, since ``0 * w`` is zero).  With a non-finite weight
-    they run on the explicitly padded input instead, without padding, so their NaNs fall where
-    the reference's do.  Checking costs one pass over the weights, and only ops with padding
-    pay it."""
-    if not any(lo or hi for lo, hi in pads) or np.isfinite(w).all():
-        return x, pads
-    return np.pad(x, ((0, 0),) + tuple(tuple(p) for p in pads) + ((0, 0),)), ((0, 0),) * len(pads)

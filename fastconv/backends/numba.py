@@ -55,7 +55,7 @@ import numpy as np
 
 from .._threads import get_num_threads
 from . import _blas
-from ._geometry import pad_for_nonfinite, transpose_phases as _phases
+from ._geometry import transpose_phases as _phases
 from . import _numba_kernels as K
 
 NAME = "numba"
@@ -301,7 +301,6 @@ def _group_merge(cg):
 
 
 def conv(x, w, b, strides, dilation, pads, groups, out_shape, activation):
-    x, pads = pad_for_nonfinite(x, w, pads)
     n = x.shape[0]
     cg, f = w.shape[3], w.shape[4]
     before = tuple(p[0] for p in pads)
@@ -448,7 +447,6 @@ def _depthwise_path(w_shape, strides, dilation):
 
 
 def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
-    x, pads = pad_for_nonfinite(x, w, pads)
     cm = w.shape[3] * w.shape[4]
     y = np.empty((x.shape[0],) + tuple(out_shape) + (cm,), x.dtype)
     bias, has_bias, code = _fused(b, activation, x.dtype, cm)
@@ -479,7 +477,6 @@ def separable_conv(x, dk, pk, b, strides, dilation, pads, out_shape, activation)
     """Depthwise (``dk``: KD, KH, KW, C, M) then pointwise (``pk``: 1, 1, 1, C * M, F)
     convolution, bias and activation after the pointwise one (Keras ``SeparableConv``)."""
     out_shape = tuple(out_shape)
-    x, pads = pad_for_nonfinite(x, dk, pads)
     if _separable_path(dk.shape, strides, dilation) == "separable_two_passes":
         from . import separable_in_two
         return separable_in_two(sys.modules[__name__], x, dk, pk, b, strides, dilation, pads, out_shape,

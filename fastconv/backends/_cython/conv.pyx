@@ -825,6 +825,14 @@ cdef inline void _single(const real* x, Py_ssize_t o, Py_ssize_t sw, Py_ssize_t 
         _bcast1(x, xoff1, woff1, nt1, Cg, w + v * VL, Fp, out + v * VL, _at(bias, v * VL), act)
 
 
+cdef inline bint _has_nan(const real* v, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if v[i] != v[i]:
+            return True
+    return False
+
+
 cdef void _pack_strip(const real* x, const Py_ssize_t* rowoff, Py_ssize_t nrow, Py_ssize_t p0, Py_ssize_t p1,
                       Py_ssize_t sw, Py_ssize_t pw, Py_ssize_t dw, Py_ssize_t KW, Py_ssize_t W, Py_ssize_t C,
                       real* pbuf, Py_ssize_t* pxoff) noexcept nogil:
@@ -947,7 +955,10 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
     that end of the run,
     from a zero-padded copy of the strip's input columns in ``pbuf`` (per thread): before,
     they went one at a time (``_single``), 2.7x slower per pixel than the 6 x 4 tile and 12%
-    of a 28-pixel-wide layer's time.  Without ``pbuf`` (grouped layers), they still do.  The run's outputs go to ``y``
+    of a 28-pixel-wide layer's time.  Without ``pbuf`` (grouped and transposed layers), they
+    still do.  A padded tap adds 0 * w in a strip, NaN for an inf weight, where Keras (which
+    skips padded taps) gives +-inf: a border pixel whose output holds a NaN is computed again
+    one at a time, so the results are Keras's either way.  The run's outputs go to ``y``
     (in place) when it has no padded channels, else they gather in ``obuf`` (run_max x Fp,
     in L1/L2); the epilogue runs on them while they are in cache."""
     cdef Py_ssize_t KD = J.k[0], KH = J.k[1], KW = J.k[2], K = KD * KH * KW
@@ -960,7 +971,7 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
     cdef Py_ssize_t m = m0, end = m0 + mt, run, t, n, od, oh, ow, kd, kh, kw, i_d, i_h
     cdef Py_ssize_t* pxoff = ibuf + 6 * K
     cdef Py_ssize_t nrow, nt, r, fc, e, sw = J.s[2], pw = J.p[2], dw = J.d[2], ypix
-    cdef Py_ssize_t ow_lo, ow_hi, A, B, i_lo, s0, s1, s2, s3, pe
+    cdef Py_ssize_t ow_lo, ow_hi, A, B, i_lo, s0, s1, s2, s3, pe, o
     # grouped tiles share each permuted input column between the 3 taps of a kernel row
     cdef bint slide = tile_outer and KW == 3 and (sw == 1 or sw == 2) and dw == 1 and NS == 1
     # without padded channels the micro-kernels store straight into y, the run's pixels ldo
@@ -1067,6 +1078,13 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
                 _pack_strip(x, rowoff, nrow, s2, s3, sw, pw, dw, KW, W, C, pbuf, pxoff)
                 _span(x, pbuf, s2 * sw, pxoff, s2, s3, ow, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, woff,
                       nt, xoff1, woff1, w, Fp, blk, NS, idx, tile_outer, slide, ob, ldo, kb, act, VL, False)
+            # Keras (TensorFlow) skips padded taps: with an inf weight its border outputs are
+            # +-inf where the strips' 0 * inf gave NaN.  A border pixel with a NaN output is
+            # computed again over its real taps (only border pixels are checked).
+            for o in range(A, B):
+                if (o < i_lo or o >= e) and _has_nan(ob + (o - ow) * ldo, F):
+                    _span(x, x, pw, xoff, o, o + 1, ow, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, woff, nt,
+                          xoff1, woff1, w, Fp, blk, NS, idx, tile_outer, slide, ob, ldo, kb, act, VL, True)
         if into_y:
             if code > 2:
                 _finish(ob, ldo, ob, ldo, run, F, NULL, code)
