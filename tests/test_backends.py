@@ -197,4 +197,3 @@ def test_empty_operands_match_the_reference(backend, op, shapes, kwargs):
     got = f(*args, backend=backend, **kwargs)
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
-

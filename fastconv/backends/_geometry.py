@@ -29,4 +29,3 @@ def transpose_phases(n_in, k, s, d, before, n_out):
         pad = (len(taps) - 1) * d_eff - j0
         out.append((taps, d_eff, pad, s * j0 + r - before, count))
     return out
-
