@@ -65,12 +65,15 @@ def test_matmul_tiles(m, k, f, dtype):
     from fastconv.backends import _numba_kernels as K
     rng = np.random.default_rng(m * 1000 + f)
     a, w = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, f)).astype(dtype)
+    bias = rng.standard_normal(f).astype(dtype)
     y = np.full((m, f), np.nan, dtype)
-    K.matmul_tiles(a, w, y)
+    K.matmul_tiles(a, w, y, bias, False)
     want = np.zeros((m, f), dtype)
     for j in range(k):
         want = (a[:, j:j + 1] * w[j]).astype(dtype) + want
     np.testing.assert_allclose(y, want, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-6)
+    K.matmul_tiles(a, w, y, bias, True)     # the accumulators start from the bias
+    np.testing.assert_allclose(y, want + bias, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-6)
 
 
 def test_pointwise_gemm_column_split(nb, monkeypatch, dtype):

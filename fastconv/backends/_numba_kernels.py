@@ -627,17 +627,17 @@ def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
 
 
 @njit(cache=True, inline="always")
-def _mm_tile_6x4(A, a, K, W, f0, F, Y, o):
+def _mm_tile_6x4(A, a, K, W, f0, F, Y, o, b0, b1, b2, b3):
     """Six rows of ``Y = A @ W`` (rows ``a // K`` ... of the C-contiguous (m, K) matrix ``A``,
     flat index ``a``) x four vectors of columns from ``f0``, into ``Y`` from flat index ``o``
     (rows ``F`` apart): 24 accumulators in registers (of AVX-512's 32), each step of ``k``
     loading four weight vectors and broadcasting one value of each row.  Every output adds
-    its terms in order of ``k`` from zero, whatever the tiling."""
+    its terms in order of ``k`` to its start value (``b0`` ... ``b3``: the bias, or zero),
+    whatever the tiling."""
     L = lanes(W)
-    a00 = vzero(W)
-    a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23 = a00, a00, a00, a00, a00, a00, a00, a00, a00, a00, a00
-    a30, a31, a32, a33, a40, a41, a42, a43, a50, a51, a52, a53 = a00, a00, a00, a00, a00, a00, a00, a00, a00, a00, \
-        a00, a00
+    a00, a01, a02, a03 = b0, b1, b2, b3
+    a10, a11, a12, a13, a20, a21, a22, a23 = b0, b1, b2, b3, b0, b1, b2, b3
+    a30, a31, a32, a33, a40, a41, a42, a43, a50, a51, a52, a53 = b0, b1, b2, b3, b0, b1, b2, b3, b0, b1, b2, b3
     k = f0
     for j in range(K):
         w0 = vload(W, k)
@@ -707,10 +707,9 @@ def _mm_tile_6x4(A, a, K, W, f0, F, Y, o):
 
 
 @njit(cache=True, inline="always")
-def _mm_row(A, a, K, W, f0, F, Y, o, m):
+def _mm_row(A, a, K, W, f0, F, Y, o, m, acc):
     """One row of ``Y = A @ W`` (see :func:`_mm_tile_6x4`), one vector of columns from ``f0``,
-    masked to ``m`` lanes; the same order of terms."""
-    acc = vzero(W)
+    masked to ``m`` lanes, from the start vector ``acc``; the same order of terms."""
     k = f0
     for j in range(K):
         acc = vfma(vbroadcast(A, a + j), vload_n(W, k, m), acc)
@@ -719,28 +718,40 @@ def _mm_row(A, a, K, W, f0, F, Y, o, m):
 
 
 @njit(cache=True)
-def matmul_tiles(A, W, Y):
-    """``Y = A @ W`` for C-contiguous (m, K), (K, F) and (m, F) matrices, one thread: blocks of
-    four vectors of columns by tiles of six rows in registers (the weights of a block, K x 256
-    bytes, stay in L1/L2 while the rows stream past), the rest of the rows and columns by
-    single rows and vectors.  It replaced per-thread BLAS calls: 1x1 convolutions 56x56x256->64
-    and 38x38x256->256 took 18-20% less time at 2 threads, the fused separable 38x38x256 6-11%."""
+def matmul_tiles(A, W, Y, bias, has_bias):
+    """``Y = A @ W`` (plus ``bias``, length F, when ``has_bias``: the accumulators start from it)
+    for C-contiguous (m, K), (K, F) and (m, F) matrices, one thread: blocks of four vectors of
+    columns by tiles of six rows in registers (the weights of a block, K x 256 bytes, stay in
+    L1/L2 while the rows stream past), the rest of the rows and columns by single rows and
+    vectors.  It replaced per-thread BLAS calls: 1x1 convolutions 56x56x256->64 and
+    38x38x256->256 took 18-20% less time at 2 threads, the fused separable 38x38x256 6-11%."""
     m, K = A.shape
     F = W.shape[1]
     L = lanes(W)
     f4 = F - F % (4 * L)
+    z = vzero(W)
     for f0 in range(0, f4, 4 * L):
+        b0, b1, b2, b3 = z, z, z, z
+        if has_bias:
+            b0 = vload(bias, f0)
+            b1 = vload(bias, f0 + L)
+            b2 = vload(bias, f0 + 2 * L)
+            b3 = vload(bias, f0 + 3 * L)
         i = 0
         while i + 6 <= m:
-            _mm_tile_6x4(A, i * K, K, W, f0, F, Y, i * F + f0)
+            _mm_tile_6x4(A, i * K, K, W, f0, F, Y, i * F + f0, b0, b1, b2, b3)
             i += 6
         while i < m:
-            for v in range(4):
-                _mm_row(A, i * K, K, W, f0 + v * L, F, Y, i * F + f0 + v * L, L)
+            _mm_row(A, i * K, K, W, f0, F, Y, i * F + f0, L, b0)
+            _mm_row(A, i * K, K, W, f0 + L, F, Y, i * F + f0 + L, L, b1)
+            _mm_row(A, i * K, K, W, f0 + 2 * L, F, Y, i * F + f0 + 2 * L, L, b2)
+            _mm_row(A, i * K, K, W, f0 + 3 * L, F, Y, i * F + f0 + 3 * L, L, b3)
             i += 1
     for f0 in range(f4, F, L):
+        n = min(L, F - f0)
+        b = vload_n(bias, f0, n) if has_bias else z
         for i in range(m):
-            _mm_row(A, i * K, K, W, f0, F, Y, i * F + f0, min(L, F - f0))
+            _mm_row(A, i * K, K, W, f0, F, Y, i * F + f0, n, b)
 
 
 @njit(parallel=True, cache=True)
@@ -749,8 +760,8 @@ def separable(x, wt, W2, Y2, OD, OH, OW, task_rows, scratch, strides, dilation, 
     """Depthwise (multiplier 1) then pointwise convolution, fused: each task computes the
     depthwise output of ``task_rows`` output rows into its thread's ``scratch`` (the
     intermediate is never written to memory as a whole), multiplies that
-    block by the pointwise matrix ``W2`` (C, F) (:func:`matmul_tiles`) into ``Y2`` (pixels, F), then
-    adds the bias and applies the activation while the block is in cache."""
+    block by the pointwise matrix ``W2`` (C, F) (:func:`matmul_tiles`, from the bias) into
+    ``Y2`` (pixels, F), then applies the activation while the block is in cache."""
     N = x.shape[0]
     C = x.shape[4]
     KD, KH = ksize[0], ksize[1]
@@ -769,9 +780,9 @@ def separable(x, wt, W2, Y2, OD, OH, OW, task_rows, scratch, strides, dilation, 
             _depthwise_row(x, wt, buf, (row - r0) * OW * C, n, od, oh, tables[tid, 0], tables[tid, 1], OW,
                            strides, dilation, before, ksize, zero, False)
         out = Y2[r0 * OW:r1 * OW]
-        matmul_tiles(buf[:(r1 - r0) * OW * C].reshape(((r1 - r0) * OW, C)), W2, out)
-        if has_bias or code:
-            epilogue(out, bias, has_bias, code)
+        matmul_tiles(buf[:(r1 - r0) * OW * C].reshape(((r1 - r0) * OW, C)), W2, out, bias, has_bias)
+        if code:
+            epilogue(out, bias, False, code)
 
 
 @njit(cache=True, inline="always")
@@ -1355,16 +1366,16 @@ def gemm_rows(X, W, Y, chunk, fchunk, bias, has_bias, code):
 
 @njit(parallel=True, cache=True)
 def tiles_rows(X, W, Y, chunk, bias, has_bias, code):
-    """``Y = X @ W`` (then bias, activation) by blocks of ``chunk`` rows with
+    """``Y = X @ W + bias`` (then the activation) by blocks of ``chunk`` rows with
     :func:`matmul_tiles`: 1x1 convolutions on C-contiguous operands."""
     m = Y.shape[0]
     for i in prange((m + chunk - 1) // chunk):
         q0 = i * chunk
         q1 = min(m, q0 + chunk)
         out = Y[q0:q1]
-        matmul_tiles(X[q0:q1], W, out)
-        if has_bias or code:
-            epilogue(out, bias, has_bias, code)
+        matmul_tiles(X[q0:q1], W, out, bias, has_bias)
+        if code:
+            epilogue(out, bias, False, code)
 
 
 @njit(parallel=True, cache=True)
