@@ -250,7 +250,7 @@ def test_global_pools_simd(nb, monkeypatch, shape, dtype):
 _PATH_CASES = [
     ("conv2d", ((2, 5, 6, 24), (1, 1, 24, 10)), {}, "pointwise_gemm", {"tiles_rows"}),
     ("conv2d", ((2, 20, 22, 20), (3, 4, 20, 7)), dict(padding="same"), "shifted_gemm",
-     {"shifted_taps", "pixels_conv"}),
+     {"shifted_tiles", "pixels_conv"}),
     ("conv2d", ((1, 3, 3, 32), (3, 3, 32, 4)), dict(padding="same"), "im2col", {"im2col_conv"}),
     ("conv2d", ((2, 13, 11, 12), (3, 3, 12, 6)), dict(strides=2), "im2col", {"im2col_conv"}),
     ("conv2d", ((2, 11, 23, 3), (3, 3, 3, 32)), dict(strides=2), "few_channel_direct", {"few_channel_conv"}),
@@ -272,7 +272,7 @@ _PATH_CASES = [
      {"tiles_rows", "im2col_t_conv"}),
     # per image over _COL2IM_MAX_WORK (9.4 M multiply-adds): by phases
     ("conv2d_transpose", ((1, 32, 32, 32), (3, 3, 32, 32)), dict(strides=2, padding="same"), "transpose_phases",
-     {"tiles_rows", "shifted_taps", "pixels_conv"}),
+     {"tiles_rows", "shifted_tiles", "pixels_conv"}),
     ("separable_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1), (1, 1, 24, 16)), dict(padding="same"), "separable_fused",
      {"separable"}),
     ("separable_conv2d", ((2, 9, 10, 8), (3, 3, 8, 2), (1, 1, 16, 16)), dict(padding="same"),
@@ -296,7 +296,7 @@ def test_algorithm_names_the_path_taken(nb, monkeypatch, op, shapes, kw, path, k
     args = [_rand(*s).astype(np.float32) for s in shapes]
     (call,) = fastconv.explain(op, *args, backend="numba", **kw).calls
     assert nb._PATHS[path].split("{")[0] in call.algorithm, call.algorithm
-    names = ["gemm_rows", "tiles_rows", "shifted_taps", "pixels_conv", "im2col_conv", "im2col_t_conv", "few_channel_conv", "grouped_rot",
+    names = ["gemm_rows", "tiles_rows", "shifted_taps", "shifted_tiles", "pixels_conv", "im2col_conv", "im2col_t_conv", "few_channel_conv", "grouped_rot",
              "grouped_direct", "depthwise", "max_pool", "avg_pool", "max_pool_rows3",
              "avg_pool_rows3", "global_max_pool",
              "global_sum_pool", "transpose_col2im", "separable"]
@@ -308,7 +308,8 @@ def test_algorithm_names_the_path_taken(nb, monkeypatch, op, shapes, kw, path, k
     assert_close(y, getattr(fastconv, op)(*args, backend="reference", **kw))
     assert called == kernels, (called, call.algorithm)
     # the GEMM formulations inside (of the groups, of the phases) are named too
-    dense = {"gemm_rows": "pointwise_gemm", "tiles_rows": "pointwise_gemm", "shifted_taps": "shifted_gemm", "im2col_conv": "im2col",
+    dense = {"gemm_rows": "pointwise_gemm", "tiles_rows": "pointwise_gemm", "shifted_tiles": "shifted_gemm",
+             "shifted_taps": "shifted_gemm", "im2col_conv": "im2col",
              "im2col_t_conv": "im2col_t"}
     for name in called & dense.keys():
         assert nb._PATHS[dense[name]] in call.algorithm, (name, call.algorithm)

@@ -627,54 +627,56 @@ def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
 
 
 @njit(cache=True, inline="always")
-def _mm_tile_6x4(A, a, K, W, f0, F, Y, o, b0, b1, b2, b3):
-    """Six rows of ``Y = A @ W`` (rows ``a // K`` ... of the C-contiguous (m, K) matrix ``A``,
-    flat index ``a``) x four vectors of columns from ``f0``, into ``Y`` from flat index ``o``
-    (rows ``F`` apart): 24 accumulators in registers (of AVX-512's 32), each step of ``k``
-    loading four weight vectors and broadcasting one value of each row.  Every output adds
-    its terms in order of ``k`` to its start value (``b0`` ... ``b3``: the bias, or zero),
-    whatever the tiling."""
+def _mm_tile_6x4(A, r, K, offs, W, f0, F, Y, o, b0, b1, b2, b3):
+    """Six rows ``r`` ... ``r + 5`` of ``Y = sum_t A[rows + offs[t]] @ W[t]`` (A a C-contiguous
+    (m, K) matrix, W (taps, K, F) or (K, F) for one tap) x four vectors of columns from ``f0``,
+    into ``Y`` from flat index ``o`` (rows ``F`` apart): 24 accumulators in registers (of
+    AVX-512's 32), each step loading four weight vectors and broadcasting one value of each
+    row.  Every output adds its terms in order of ``t``, then ``k``, to its start value (``b0``
+    ... ``b3``: the bias, or zero), whatever the tiling."""
     L = lanes(W)
     a00, a01, a02, a03 = b0, b1, b2, b3
     a10, a11, a12, a13, a20, a21, a22, a23 = b0, b1, b2, b3, b0, b1, b2, b3
     a30, a31, a32, a33, a40, a41, a42, a43, a50, a51, a52, a53 = b0, b1, b2, b3, b0, b1, b2, b3, b0, b1, b2, b3
-    k = f0
-    for j in range(K):
-        w0 = vload(W, k)
-        w1 = vload(W, k + L)
-        w2 = vload(W, k + 2 * L)
-        w3 = vload(W, k + 3 * L)
-        s = vbroadcast(A, a + j)
-        a00 = vfma(s, w0, a00)
-        a01 = vfma(s, w1, a01)
-        a02 = vfma(s, w2, a02)
-        a03 = vfma(s, w3, a03)
-        s = vbroadcast(A, a + K + j)
-        a10 = vfma(s, w0, a10)
-        a11 = vfma(s, w1, a11)
-        a12 = vfma(s, w2, a12)
-        a13 = vfma(s, w3, a13)
-        s = vbroadcast(A, a + 2 * K + j)
-        a20 = vfma(s, w0, a20)
-        a21 = vfma(s, w1, a21)
-        a22 = vfma(s, w2, a22)
-        a23 = vfma(s, w3, a23)
-        s = vbroadcast(A, a + 3 * K + j)
-        a30 = vfma(s, w0, a30)
-        a31 = vfma(s, w1, a31)
-        a32 = vfma(s, w2, a32)
-        a33 = vfma(s, w3, a33)
-        s = vbroadcast(A, a + 4 * K + j)
-        a40 = vfma(s, w0, a40)
-        a41 = vfma(s, w1, a41)
-        a42 = vfma(s, w2, a42)
-        a43 = vfma(s, w3, a43)
-        s = vbroadcast(A, a + 5 * K + j)
-        a50 = vfma(s, w0, a50)
-        a51 = vfma(s, w1, a51)
-        a52 = vfma(s, w2, a52)
-        a53 = vfma(s, w3, a53)
-        k += F
+    for t in range(offs.shape[0]):
+        a = (r + offs[t]) * K
+        k = t * K * F + f0
+        for j in range(K):
+            w0 = vload(W, k)
+            w1 = vload(W, k + L)
+            w2 = vload(W, k + 2 * L)
+            w3 = vload(W, k + 3 * L)
+            s = vbroadcast(A, a + j)
+            a00 = vfma(s, w0, a00)
+            a01 = vfma(s, w1, a01)
+            a02 = vfma(s, w2, a02)
+            a03 = vfma(s, w3, a03)
+            s = vbroadcast(A, a + K + j)
+            a10 = vfma(s, w0, a10)
+            a11 = vfma(s, w1, a11)
+            a12 = vfma(s, w2, a12)
+            a13 = vfma(s, w3, a13)
+            s = vbroadcast(A, a + 2 * K + j)
+            a20 = vfma(s, w0, a20)
+            a21 = vfma(s, w1, a21)
+            a22 = vfma(s, w2, a22)
+            a23 = vfma(s, w3, a23)
+            s = vbroadcast(A, a + 3 * K + j)
+            a30 = vfma(s, w0, a30)
+            a31 = vfma(s, w1, a31)
+            a32 = vfma(s, w2, a32)
+            a33 = vfma(s, w3, a33)
+            s = vbroadcast(A, a + 4 * K + j)
+            a40 = vfma(s, w0, a40)
+            a41 = vfma(s, w1, a41)
+            a42 = vfma(s, w2, a42)
+            a43 = vfma(s, w3, a43)
+            s = vbroadcast(A, a + 5 * K + j)
+            a50 = vfma(s, w0, a50)
+            a51 = vfma(s, w1, a51)
+            a52 = vfma(s, w2, a52)
+            a53 = vfma(s, w3, a53)
+            k += F
     vstore(Y, o, a00)
     vstore(Y, o + L, a01)
     vstore(Y, o + 2 * L, a02)
@@ -707,26 +709,28 @@ def _mm_tile_6x4(A, a, K, W, f0, F, Y, o, b0, b1, b2, b3):
 
 
 @njit(cache=True, inline="always")
-def _mm_row(A, a, K, W, f0, F, Y, o, m, acc):
-    """One row of ``Y = A @ W`` (see :func:`_mm_tile_6x4`), one vector of columns from ``f0``,
-    masked to ``m`` lanes, from the start vector ``acc``; the same order of terms."""
-    k = f0
-    for j in range(K):
-        acc = vfma(vbroadcast(A, a + j), vload_n(W, k, m), acc)
-        k += F
+def _mm_row(A, r, K, offs, W, f0, F, Y, o, m, acc):
+    """Row ``r`` of ``Y`` (see :func:`_mm_tile_6x4`), one vector of columns from ``f0``, masked
+    to ``m`` lanes, from the start vector ``acc``; the same order of terms."""
+    for t in range(offs.shape[0]):
+        a = (r + offs[t]) * K
+        k = t * K * F + f0
+        for j in range(K):
+            acc = vfma(vbroadcast(A, a + j), vload_n(W, k, m), acc)
+            k += F
     vstore_n(Y, o, acc, m)
 
 
 @njit(cache=True)
-def matmul_tiles(A, W, Y, bias, has_bias):
-    """``Y = A @ W`` (plus ``bias``, length F, when ``has_bias``: the accumulators start from it)
-    for C-contiguous (m, K), (K, F) and (m, F) matrices, one thread: blocks of four vectors of
-    columns by tiles of six rows in registers (the weights of a block, K x 256 bytes, stay in
+def conv_tiles(A, q0, q1, offs, W, Y, bias, has_bias):
+    """Rows ``q0`` ... ``q1 - 1`` of ``Y = bias + sum_t A[rows + offs[t]] @ W[t]`` (see
+    :func:`_mm_tile_6x4`; ``has_bias`` False: from zero) for C-contiguous (m, K) ``A``,
+    (taps, K, F) or (K, F) ``W`` and (m', F) ``Y``, one thread: blocks of four vectors of
+    columns by tiles of six rows in registers (a block's weights, taps x K x 256 bytes, stay in
     L1/L2 while the rows stream past), the rest of the rows and columns by single rows and
-    vectors.  It replaced per-thread BLAS calls: 1x1 convolutions 56x56x256->64 and
-    38x38x256->256 took 18-20% less time at 2 threads, the fused separable 38x38x256 6-11%."""
-    m, K = A.shape
-    F = W.shape[1]
+    vectors."""
+    K = A.shape[1]
+    F = Y.shape[1]
     L = lanes(W)
     f4 = F - F % (4 * L)
     z = vzero(W)
@@ -737,21 +741,30 @@ def matmul_tiles(A, W, Y, bias, has_bias):
             b1 = vload(bias, f0 + L)
             b2 = vload(bias, f0 + 2 * L)
             b3 = vload(bias, f0 + 3 * L)
-        i = 0
-        while i + 6 <= m:
-            _mm_tile_6x4(A, i * K, K, W, f0, F, Y, i * F + f0, b0, b1, b2, b3)
+        i = q0
+        while i + 6 <= q1:
+            _mm_tile_6x4(A, i, K, offs, W, f0, F, Y, i * F + f0, b0, b1, b2, b3)
             i += 6
-        while i < m:
-            _mm_row(A, i * K, K, W, f0, F, Y, i * F + f0, L, b0)
-            _mm_row(A, i * K, K, W, f0 + L, F, Y, i * F + f0 + L, L, b1)
-            _mm_row(A, i * K, K, W, f0 + 2 * L, F, Y, i * F + f0 + 2 * L, L, b2)
-            _mm_row(A, i * K, K, W, f0 + 3 * L, F, Y, i * F + f0 + 3 * L, L, b3)
+        while i < q1:
+            _mm_row(A, i, K, offs, W, f0, F, Y, i * F + f0, L, b0)
+            _mm_row(A, i, K, offs, W, f0 + L, F, Y, i * F + f0 + L, L, b1)
+            _mm_row(A, i, K, offs, W, f0 + 2 * L, F, Y, i * F + f0 + 2 * L, L, b2)
+            _mm_row(A, i, K, offs, W, f0 + 3 * L, F, Y, i * F + f0 + 3 * L, L, b3)
             i += 1
     for f0 in range(f4, F, L):
         n = min(L, F - f0)
         b = vload_n(bias, f0, n) if has_bias else z
-        for i in range(m):
-            _mm_row(A, i * K, K, W, f0, F, Y, i * F + f0, n, b)
+        for i in range(q0, q1):
+            _mm_row(A, i, K, offs, W, f0, F, Y, i * F + f0, n, b)
+
+
+@njit(cache=True)
+def matmul_tiles(A, W, Y, bias, has_bias):
+    """``Y = A @ W`` (plus ``bias``, length F, when ``has_bias``: the accumulators start from it)
+    for C-contiguous (m, K), (K, F) and (m, F) matrices, one thread, by :func:`conv_tiles`.  It
+    replaced per-thread BLAS calls: 1x1 convolutions 56x56x256->64 and 38x38x256->256 took
+    18-20% less time at 2 threads, the fused separable 38x38x256 6-11%."""
+    conv_tiles(A, 0, A.shape[0], np.zeros(1, np.int64), W, Y, bias, has_bias)
 
 
 @njit(parallel=True, cache=True)
@@ -1394,6 +1407,19 @@ def shifted_taps(X, wt, Y, offsets, lo, hi, chunk, fchunk, bias, has_bias, code)
             gemm(X[q0 + off:q1 + off], wt[t][:, f0:f1], out, 0.0 if t == 0 else 1.0)
         if has_bias or code:
             epilogue(out, bias[f0:f1], has_bias, code)
+
+
+@njit(parallel=True, cache=True)
+def shifted_tiles(X, wt, Y, offsets, lo, hi, chunk, bias, has_bias, code):
+    """``Y[q] = bias + sum_t X[q + offsets[t]] @ wt[t]`` for ``q`` in ``[lo, hi)`` by
+    register tiles (:func:`conv_tiles`), blocks of ``chunk`` rows per task; C-contiguous
+    operands, ``wt`` (taps, C, F)."""
+    for i in prange((hi - lo + chunk - 1) // chunk):
+        q0 = lo + i * chunk
+        q1 = min(hi, q0 + chunk)
+        conv_tiles(X, q0, q1, offsets, wt, Y, bias, has_bias)
+        if code:
+            epilogue(Y[q0:q1], bias, False, code)
 
 
 @njit(parallel=True, cache=True)

@@ -6,8 +6,9 @@ How each op is computed (chosen by measurement on this 2-core machine, see READM
   on the channels-last buffer, by register tiles of 6 pixels x 4 vectors of output
   channels (``matmul_tiles``; BLAS where the columns are split or an operand is a
   channel slice, as a group's is); other stride-1 convolutions with >= 16 input channels
-  run one GEMM per kernel tap on shifted views of the input (no im2col, no
-  padded copy; the frame of border pixels is recomputed exactly); the rest
+  run every kernel tap on shifted views of the input, by the same register tiles over
+  all taps (``shifted_tiles``; one BLAS GEMM per tap for channel slices) (no im2col,
+  no padded copy; the frame of border pixels is recomputed exactly); the rest
   pack L2-sized tiles of patches (implicit im2col, never the whole matrix) and
   multiply each tile, packing transposed when there are few input channels;
 * grouped convolutions: per group as above when groups have >= 16 channels;
@@ -262,7 +263,12 @@ def _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias,
     wt = np.ascontiguousarray(w.reshape(len(offsets), c, f))
     if hi > lo:
         rows, cols = _blocks(hi - lo, f, _CHUNK_BYTES // (f * x.itemsize))
-        K.shifted_taps(X, wt, Yv, offsets, lo, hi, rows, cols, bias, has_bias, code)
+        if cols == f and X.flags.c_contiguous and Yv.flags.c_contiguous:
+            # register tiles over all taps (no BLAS call per tap and block, no accumulating
+            # passes over the output); a group's channel slice, or split columns, take BLAS
+            K.shifted_tiles(X, wt, Yv, offsets, lo, hi, rows, bias, has_bias, code)
+        else:
+            K.shifted_taps(X, wt, Yv, offsets, lo, hi, rows, cols, bias, has_bias, code)
     if not same_grid:
         y2[...] = Yv.reshape(n, D, H, W, f)[:, :out_shape[0], :out_shape[1], :out_shape[2]].reshape(-1, f)
     if border.size:
@@ -553,8 +559,10 @@ _PATHS = {
                       "between threads: register tiles of 6 pixels x 4 channel vectors, or SciPy BLAS "
                       "(single-threaded per Numba thread) where too few rows split the columns or an "
                       "operand is a channel slice (a group's)",
-    "shifted_gemm": "one GEMM per kernel tap on shifted views of the channels-last input, border "
-                    "pixels recomputed directly (SciPy BLAS, single-threaded per Numba thread)",
+    "shifted_gemm": "every kernel tap on shifted views of the channels-last input, border pixels "
+                    "recomputed directly: register tiles of 6 pixels x 4 channel vectors over all taps, "
+                    "or one SciPy BLAS GEMM per tap (single-threaded per Numba thread) for a group's "
+                    "channel slice or split columns",
     "im2col": "L2-sized tiles of packed patches (implicit im2col), one GEMM per tile "
               "(SciPy BLAS, single-threaded per Numba thread)",
     "im2col_t": "L2-sized tiles of patches packed transposed (few input channels), one GEMM per tile "
