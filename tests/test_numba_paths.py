@@ -248,9 +248,13 @@ def test_global_pools_simd(nb, monkeypatch, shape, dtype):
 
 # (op, args, kwargs, the path numba must take, the kernels that path calls)
 _PATH_CASES = [
-    ("conv2d", ((2, 5, 6, 24), (1, 1, 24, 10)), {}, "pointwise_gemm", {"tiles_rows"}),
-    ("conv2d", ((2, 20, 22, 20), (3, 4, 20, 7)), dict(padding="same"), "shifted_gemm",
+    ("conv2d", ((2, 12, 12, 24), (1, 1, 24, 64)), {}, "pointwise_gemm", {"tiles_rows"}),
+    # filters that are not whole register-tile blocks (64 float32 channels) take BLAS
+    ("conv2d", ((2, 5, 6, 24), (1, 1, 24, 10)), {}, "pointwise_gemm", {"gemm_rows"}),
+    ("conv2d", ((2, 20, 22, 20), (3, 4, 20, 64)), dict(padding="same"), "shifted_gemm",
      {"shifted_tiles", "pixels_conv"}),
+    ("conv2d", ((2, 20, 22, 20), (3, 4, 20, 7)), dict(padding="same"), "shifted_gemm",
+     {"shifted_taps", "pixels_conv"}),
     ("conv2d", ((1, 3, 3, 32), (3, 3, 32, 4)), dict(padding="same"), "im2col", {"im2col_conv"}),
     ("conv2d", ((2, 13, 11, 12), (3, 3, 12, 6)), dict(strides=2), "im2col", {"im2col_conv"}),
     ("conv2d", ((2, 11, 23, 3), (3, 3, 3, 32)), dict(strides=2), "few_channel_direct", {"few_channel_conv"}),
@@ -269,14 +273,14 @@ _PATH_CASES = [
      {"transpose_col2im"}),
     # per image over _COL2IM_BYTES (2.4 MB of tap products): by phases
     ("conv2d_transpose", ((1, 64, 64, 3), (3, 3, 16, 3)), dict(strides=2, padding="same"), "transpose_phases",
-     {"tiles_rows", "im2col_t_conv"}),
+     {"gemm_rows", "im2col_t_conv"}),
     # per image over _COL2IM_MAX_WORK (9.4 M multiply-adds): by phases
     ("conv2d_transpose", ((1, 32, 32, 32), (3, 3, 32, 32)), dict(strides=2, padding="same"), "transpose_phases",
-     {"tiles_rows", "shifted_tiles", "pixels_conv"}),
+     {"gemm_rows", "shifted_taps", "pixels_conv"}),
     ("separable_conv2d", ((2, 9, 10, 24), (3, 3, 24, 1), (1, 1, 24, 16)), dict(padding="same"), "separable_fused",
      {"separable"}),
     ("separable_conv2d", ((2, 9, 10, 8), (3, 3, 8, 2), (1, 1, 16, 16)), dict(padding="same"),
-     "separable_two_passes", {"depthwise", "tiles_rows"}),
+     "separable_two_passes", {"depthwise", "gemm_rows"}),
     ("max_pool2d", ((2, 9, 10, 24),), {}, "pool_simd", {"max_pool"}),
     ("avg_pool2d", ((2, 9, 10, 24),), dict(pool_size=3, strides=1, padding="same"), "pool_rows3",
      {"avg_pool_rows3"}),

@@ -773,10 +773,12 @@ def separable(x, wt, W2, Y2, OD, OH, OW, task_rows, scratch, strides, dilation, 
     """Depthwise (multiplier 1) then pointwise convolution, fused: each task computes the
     depthwise output of ``task_rows`` output rows into its thread's ``scratch`` (the
     intermediate is never written to memory as a whole), multiplies that
-    block by the pointwise matrix ``W2`` (C, F) (:func:`matmul_tiles`, from the bias) into
-    ``Y2`` (pixels, F), then applies the activation while the block is in cache."""
+    block by the pointwise matrix ``W2`` (C, F) (:func:`matmul_tiles`, from the bias; BLAS
+    when F is not a whole number of its blocks) into ``Y2`` (pixels, F), then applies the
+    activation while the block is in cache."""
     N = x.shape[0]
     C = x.shape[4]
+    F = W2.shape[1]
     KD, KH = ksize[0], ksize[1]
     total = N * OD * OH
     zero = np.zeros(C, x.dtype)
@@ -793,9 +795,15 @@ def separable(x, wt, W2, Y2, OD, OH, OW, task_rows, scratch, strides, dilation, 
             _depthwise_row(x, wt, buf, (row - r0) * OW * C, n, od, oh, tables[tid, 0], tables[tid, 1], OW,
                            strides, dilation, before, ksize, zero, False)
         out = Y2[r0 * OW:r1 * OW]
-        matmul_tiles(buf[:(r1 - r0) * OW * C].reshape(((r1 - r0) * OW, C)), W2, out, bias, has_bias)
-        if code:
-            epilogue(out, bias, False, code)
+        block = buf[:(r1 - r0) * OW * C].reshape(((r1 - r0) * OW, C))
+        if F % (4 * lanes(W2)) == 0:
+            matmul_tiles(block, W2, out, bias, has_bias)
+            if code:
+                epilogue(out, bias, False, code)
+        else:   # columns past whole register-tile blocks: BLAS (see numba._tiles_fit)
+            gemm(block, W2, out, 0.0)
+            if has_bias or code:
+                epilogue(out, bias, has_bias, code)
 
 
 @njit(cache=True, inline="always")

@@ -194,6 +194,13 @@ def _border_count(n, in_shape, ksize, dilation, before, out_shape):
     return n * (math.prod(out_shape) - inner)
 
 
+def _tiles_fit(f, itemsize):
+    """Whether ``f`` output channels are whole blocks of the register tiles (4 vectors of 64
+    bytes): the columns past the last block go one vector and one pixel at a time, which
+    made a 32-channel layer twice as slow as BLAS (3x1 then 1x3 on 112x112x32)."""
+    return f % (4 * 64 // itemsize) == 0
+
+
 def _dense_path(n, in_shape, c, ksize, strides, dilation, before, out_shape):
     """Which GEMM formulation a groups=1 convolution takes (see :data:`_PATHS`); shared
     by :func:`_conv_dense` and :func:`algorithm`."""
@@ -221,7 +228,7 @@ def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, 
     if path == "pointwise_gemm":
         X = x.reshape(n * D * H * W, c)
         rows, cols = _blocks(X.shape[0], f, _POINTWISE_BYTES // ((c + f) * item))
-        if cols == f and X.flags.c_contiguous and y2.flags.c_contiguous:
+        if cols == f and _tiles_fit(f, item) and X.flags.c_contiguous and y2.flags.c_contiguous:
             K.tiles_rows(X, w2, y2, rows, bias, has_bias, code)
         else:
             K.gemm_rows(X, w2, y2, rows, cols, bias, has_bias, code)
@@ -263,7 +270,7 @@ def _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias,
     wt = np.ascontiguousarray(w.reshape(len(offsets), c, f))
     if hi > lo:
         rows, cols = _blocks(hi - lo, f, _CHUNK_BYTES // (f * x.itemsize))
-        if cols == f and X.flags.c_contiguous and Yv.flags.c_contiguous:
+        if cols == f and _tiles_fit(f, x.itemsize) and X.flags.c_contiguous and Yv.flags.c_contiguous:
             # register tiles over all taps (no BLAS call per tap and block, no accumulating
             # passes over the output); a group's channel slice, or split columns, take BLAS
             K.shifted_tiles(X, wt, Yv, offsets, lo, hi, rows, bias, has_bias, code)
@@ -495,14 +502,16 @@ def separable_conv(x, dk, pk, b, strides, dilation, pads, out_shape, activation)
     od, oh, ow = out_shape
     _threads(n * math.prod(out_shape) * (dk.size + c * f))
     # tasks of whole output rows whose depthwise block and output stay within the
-    # pointwise row budget (no BLAS inside: the 1x1 product is register-tiled)
+    # pointwise row budget (the 1x1 product is register-tiled, or BLAS on one thread when the
+    # filters are not whole tile blocks)
     rows = n * od * oh
     task_rows = _chunk(rows, max(1, _POINTWISE_BYTES // (ow * (c + f) * x.itemsize)))
     scratch = _scratch_tiles((task_rows * ow * c,), x.dtype)
-    K.separable(np.ascontiguousarray(x), np.ascontiguousarray(dk.reshape(-1, c)),
-                np.ascontiguousarray(pk.reshape(c, f)), y.reshape(-1, f), od, oh, ow, task_rows, scratch,
-                tuple(strides), tuple(dilation), tuple(p[0] for p in pads), tuple(dk.shape[:3]),
-                np.ascontiguousarray(bias), has_bias, code)
+    with _blas.single_threaded():
+        K.separable(np.ascontiguousarray(x), np.ascontiguousarray(dk.reshape(-1, c)),
+                    np.ascontiguousarray(pk.reshape(c, f)), y.reshape(-1, f), od, oh, ow, task_rows, scratch,
+                    tuple(strides), tuple(dilation), tuple(p[0] for p in pads), tuple(dk.shape[:3]),
+                    np.ascontiguousarray(bias), has_bias, code)
     return y
 
 
@@ -557,12 +566,12 @@ def global_avg_pool(x):
 _PATHS = {
     "pointwise_gemm": "one matrix product on the channels-last buffer (1x1 stride-1), rows split "
                       "between threads: register tiles of 6 pixels x 4 channel vectors, or SciPy BLAS "
-                      "(single-threaded per Numba thread) where too few rows split the columns or an "
-                      "operand is a channel slice (a group's)",
+                      "(single-threaded per Numba thread) where too few rows split the columns, the "
+                      "filters are not whole tile blocks, or an operand is a channel slice (a group's)",
     "shifted_gemm": "every kernel tap on shifted views of the channels-last input, border pixels "
                     "recomputed directly: register tiles of 6 pixels x 4 channel vectors over all taps, "
                     "or one SciPy BLAS GEMM per tap (single-threaded per Numba thread) for a group's "
-                    "channel slice or split columns",
+                    "channel slice, split columns or filters that are not whole tile blocks",
     "im2col": "L2-sized tiles of packed patches (implicit im2col), one GEMM per tile "
               "(SciPy BLAS, single-threaded per Numba thread)",
     "im2col_t": "L2-sized tiles of patches packed transposed (few input channels), one GEMM per tile "
