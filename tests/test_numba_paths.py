@@ -77,14 +77,15 @@ def test_matmul_tiles(m, k, f, dtype):
 
 
 def test_pointwise_gemm_column_split(nb, monkeypatch, dtype):
-    # too few rows for every thread: BLAS on column blocks (gemm_rows) instead of the tiles
+    # filters that are not whole tile blocks (72: neither 64 float32 nor 32 float64 lanes) take
+    # BLAS, and with too few rows for every thread, on column blocks
     monkeypatch.setattr(nb, "_MIN_TASK_ROWS", 1 << 20)
     monkeypatch.setattr(nb.numba, "get_num_threads", lambda: 2)
     from fastconv.backends import _numba_kernels as K
     called = []
     real = K.gemm_rows
     monkeypatch.setattr(K, "gemm_rows", lambda *a: (called.append(1), real(*a))[1])
-    _check(fastconv.conv2d, _rand(2, 5, 6, 24), _rand(1, 1, 24, 96), _rand(96), dtype=dtype, activation="relu")
+    _check(fastconv.conv2d, _rand(2, 5, 6, 24), _rand(1, 1, 24, 72), _rand(72), dtype=dtype, activation="relu")
     assert called
 
 
@@ -378,3 +379,29 @@ def _check_pool(nb, monkeypatch, kind, shape, kw, dtype, last):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     if kind == "max":
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("op, x_shape, w_shape, kwargs", [
+    ("conv1d", (4, 64, 64), (3, 64, 64), dict(padding="same")),        # 254 shifted rows: few for 2 threads
+    ("conv2d", (1, 9, 9, 64), (3, 3, 64, 64), dict(padding="same")),
+    ("conv2d", (1, 10, 10, 32), (1, 1, 32, 64), {}),                     # 100 rows of a 1x1
+    ("conv2d", (1, 10, 10, 32), (1, 1, 32, 48), {}),                     # BLAS: filters not whole blocks
+])
+def test_few_rows_do_not_depend_on_threads_or_batch(op, x_shape, w_shape, kwargs):
+    # the register tiles or BLAS are chosen by the shapes, never by the thread count, and an
+    # image gives the same bits alone or in a batch
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w, b = rng.standard_normal(w_shape).astype(np.float32), rng.standard_normal(w_shape[-1]).astype(np.float32)
+    f = getattr(fastconv, op)
+    results = []
+    for n in (1, 2):
+        fastconv.set_num_threads(n)
+        try:
+            results.append(f(x, w, b, backend="numba", **kwargs))
+            results.append(np.concatenate([f(x[i:i + 1], w, b, backend="numba", **kwargs)
+                                           for i in range(x.shape[0])]))
+        finally:
+            fastconv.set_num_threads(None)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])

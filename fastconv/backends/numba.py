@@ -4,11 +4,12 @@ How each op is computed (chosen by measurement on this 2-core machine, see READM
 
 * dense convolutions are GEMMs: a 1x1 stride-1 convolution is one matrix product
   on the channels-last buffer, by register tiles of 6 pixels x 4 vectors of output
-  channels (``matmul_tiles``; BLAS where the columns are split or an operand is a
-  channel slice, as a group's is); other stride-1 convolutions with >= 16 input channels
+  channels (``matmul_tiles``; BLAS for filters not in whole tile blocks or an operand
+  that is a channel slice, as a group's is); other stride-1 convolutions with >= 16 input channels
   run every kernel tap on shifted views of the input, by the same register tiles over
-  all taps (``shifted_tiles``; one BLAS GEMM per tap for channel slices) (no im2col,
-  no padded copy; the frame of border pixels is recomputed exactly); the rest
+  all taps (``shifted_tiles``; one BLAS GEMM per tap for channel slices and filters not
+  in whole tile blocks) (no im2col, no padded copy; the frame of border pixels is
+  recomputed exactly); the rest
   pack L2-sized tiles of patches (implicit im2col, never the whole matrix) and
   multiply each tile, packing transposed when there are few input channels;
 * grouped convolutions: per group as above when groups have >= 16 channels;
@@ -197,7 +198,7 @@ def _border_count(n, in_shape, ksize, dilation, before, out_shape):
 def _tiles_fit(f, itemsize):
     """Whether ``f`` output channels are whole blocks of the register tiles (4 vectors of 64
     bytes): the columns past the last block go one vector and one pixel at a time, which
-    made a 32-channel layer twice as slow as BLAS (3x1 then 1x3 on 112x112x32)."""
+    made a 32-channel layer about 1.5x slower than BLAS (3x1 then 1x3 on 112x112x32)."""
     return f % (4 * 64 // itemsize) == 0
 
 
@@ -227,10 +228,13 @@ def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, 
     path = _dense_path(n, (D, H, W), c, ksize, strides, dilation, before, out_shape)
     if path == "pointwise_gemm":
         X = x.reshape(n * D * H * W, c)
-        rows, cols = _blocks(X.shape[0], f, _POINTWISE_BYTES // ((c + f) * item))
-        if cols == f and _tiles_fit(f, item) and X.flags.c_contiguous and y2.flags.c_contiguous:
-            K.tiles_rows(X, w2, y2, rows, bias, has_bias, code)
+        max_rows = _POINTWISE_BYTES // ((c + f) * item)
+        if _tiles_fit(f, item) and X.flags.c_contiguous and y2.flags.c_contiguous:
+            # row blocks only: the tiles give every row the same result whatever the blocks,
+            # so the choice and the results do not depend on the thread count
+            K.tiles_rows(X, w2, y2, _chunk(X.shape[0], max_rows), bias, has_bias, code)
         else:
+            rows, cols = _blocks(X.shape[0], f, max_rows)
             K.gemm_rows(X, w2, y2, rows, cols, bias, has_bias, code)
     elif path == "shifted_gemm":
         border = _border_pixels(tuple(out_shape), (D, H, W), tuple(ksize), tuple(dilation), tuple(before), n)
@@ -250,11 +254,12 @@ def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, 
 
 
 def _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias, code):
-    """Stride-1 convolution as one GEMM per kernel tap on shifted views of the input.
+    """Stride-1 convolution as every kernel tap on shifted views of the input.
 
     Output pixel ``q`` (indexed on the input's own grid) reads input pixel
-    ``q + offset(tap)``, so each tap is ``Y[lo:hi] += X[lo+off:hi+off] @ W[tap]``
-    over rows of the channels-last buffer: no im2col and no padded copy.  Rows
+    ``q + offset(tap)``, so ``Y[lo:hi] = sum_tap X[lo+off:hi+off] @ W[tap]`` over rows of
+    the channels-last buffer (register tiles over all taps, or one BLAS GEMM per tap
+    accumulating into ``Y``): no im2col and no padded copy.  Rows
     whose window wraps across an edge are the ``border`` pixels, recomputed
     exactly afterwards.
     """
@@ -269,12 +274,14 @@ def _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias,
     lo, hi = max(0, -int(offsets.min())), min(X.shape[0], X.shape[0] - int(offsets.max()))
     wt = np.ascontiguousarray(w.reshape(len(offsets), c, f))
     if hi > lo:
-        rows, cols = _blocks(hi - lo, f, _CHUNK_BYTES // (f * x.itemsize))
-        if cols == f and _tiles_fit(f, x.itemsize) and X.flags.c_contiguous and Yv.flags.c_contiguous:
+        max_rows = _CHUNK_BYTES // (f * x.itemsize)
+        if _tiles_fit(f, x.itemsize) and X.flags.c_contiguous and Yv.flags.c_contiguous:
             # register tiles over all taps (no BLAS call per tap and block, no accumulating
-            # passes over the output); a group's channel slice, or split columns, take BLAS
-            K.shifted_tiles(X, wt, Yv, offsets, lo, hi, rows, bias, has_bias, code)
+            # passes over the output), by row blocks only (thread-count independent, as above);
+            # a group's channel slice, or filters not in whole tile blocks, take BLAS
+            K.shifted_tiles(X, wt, Yv, offsets, lo, hi, _chunk(hi - lo, max_rows), bias, has_bias, code)
         else:
+            rows, cols = _blocks(hi - lo, f, max_rows)
             K.shifted_taps(X, wt, Yv, offsets, lo, hi, rows, cols, bias, has_bias, code)
     if not same_grid:
         y2[...] = Yv.reshape(n, D, H, W, f)[:, :out_shape[0], :out_shape[1], :out_shape[2]].reshape(-1, f)
@@ -566,8 +573,8 @@ def global_avg_pool(x):
 _PATHS = {
     "pointwise_gemm": "one matrix product on the channels-last buffer (1x1 stride-1), rows split "
                       "between threads: register tiles of 6 pixels x 4 channel vectors, or SciPy BLAS "
-                      "(single-threaded per Numba thread) where too few rows split the columns, the "
-                      "filters are not whole tile blocks, or an operand is a channel slice (a group's)",
+                      "(single-threaded per Numba thread; columns split when rows are few) where the "
+                      "filters are not whole tile blocks or an operand is a channel slice (a group's)",
     "shifted_gemm": "every kernel tap on shifted views of the channels-last input, border pixels "
                     "recomputed directly: register tiles of 6 pixels x 4 channel vectors over all taps, "
                     "or one SciPy BLAS GEMM per tap (single-threaded per Numba thread) for a group's "
@@ -600,7 +607,8 @@ _PATHS = {
     "separable_fused": "depthwise and pointwise fused: each task's block of output rows goes through "
                        "the depthwise SIMD kernel into a buffer (at most 2 MiB with its output rows), then one "
                        "matrix product by the pointwise kernel in register tiles of 6 pixels x 4 channel "
-                       "vectors, bias and activation while the block is in cache",
+                       "vectors (one SciPy BLAS GEMM when the filters are not whole tile blocks), bias and "
+                       "activation while the block is in cache",
     "separable_two_passes": "a depthwise convolution (input channels repeated by the depth multiplier), "
                             "then a 1x1 convolution: {pointwise}",
     "pool_simd": "direct SIMD kernel, one thread per output row, each pixel's channels as whole "

@@ -958,7 +958,8 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
     of a 28-pixel-wide layer's time.  Without ``pbuf`` (grouped and transposed layers), they
     still do.  A padded tap adds 0 * w in a strip, NaN for an inf weight, where Keras (which
     skips padded taps) gives +-inf: a border pixel whose output holds a NaN is computed again
-    one at a time, so the results are Keras's either way.  The run's outputs go to ``y``
+    one at a time, so this engine's results are Keras's either way (the cython depthwise
+    kernel and the im2col GEMM path, like the reference backend, add 0 * w for padded taps).  The run's outputs go to ``y``
     (in place) when it has no padded channels, else they gather in ``obuf`` (run_max x Fp,
     in L1/L2); the epilogue runs on them while they are in cache."""
     cdef Py_ssize_t KD = J.k[0], KH = J.k[1], KW = J.k[2], K = KD * KH * KW
