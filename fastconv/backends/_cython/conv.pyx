@@ -381,6 +381,11 @@ cdef extern from *:
     int fc_has_avx512() noexcept nogil
 
 cdef enum:
+    SPAN_TILES = 0       # how _direct_task computes a span of a run (see there)
+    SPAN_STRIP = 1
+    SPAN_SINGLE = 2
+
+cdef enum:
     MICRO_P = 8          # pixels per direct micro-tile (FC_P above)
     GRP_P = 6            # pixels per fc_grpw3 tile: measured faster than 4, 8, 10 or 12 here
     VECTOR_BYTES = 64    # bytes per micro-kernel vector
@@ -972,7 +977,12 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
     cdef Py_ssize_t m = m0, end = m0 + mt, run, t, n, od, oh, ow, kd, kh, kw, i_d, i_h
     cdef Py_ssize_t* pxoff = ibuf + 6 * K
     cdef Py_ssize_t nrow, nt, r, fc, e, sw = J.s[2], pw = J.p[2], dw = J.d[2], ypix
-    cdef Py_ssize_t ow_lo, ow_hi, A, B, i_lo, s0, s1, s2, s3, pe, o
+    cdef Py_ssize_t ow_lo, ow_hi, A, B, i_lo, s1, s2, pe, o, k, ns, xs0
+    cdef Py_ssize_t sp0[3]
+    cdef Py_ssize_t sp1[3]
+    cdef int spk[3]
+    cdef const real* xs
+    cdef const Py_ssize_t* offs
     # grouped tiles share each permuted input column between the 3 taps of a kernel row
     cdef bint slide = tile_outer and KW == 3 and (sw == 1 or sw == 2) and dw == 1 and NS == 1
     # without padded channels the micro-kernels store straight into y, the run's pixels ldo
@@ -1040,47 +1050,52 @@ cdef void _direct_task(const real* x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W, 
                 woff[nt] = (rowtap[r] + kw) * Cg * Fp
                 nt = nt + 1
         ob = y + _y_pixel(J, m, YD, YH, YW) * F if into_y else obuf
-        if i_lo == A and e == B:
-            _span(x, x, pw, xoff, A, B, ow, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, woff, nt, xoff1,
-                  woff1, w, Fp, blk, NS, idx, tile_outer, slide, ob, ldo, kb, act, VL, False)
+        # The run in up to three spans [sp0, sp1): computed from x in place (SPAN_TILES), from
+        # a zero-padded copy of the span's input columns in pbuf (SPAN_STRIP), or one pixel at
+        # a time over its real taps (SPAN_SINGLE).
+        if i_lo == A and e == B:                  # no pixel's window crosses a border
+            ns = 1
+            sp0[0], sp1[0], spk[0] = A, B, SPAN_TILES
         elif pbuf == NULL:
             # grouped layers: border pixels one at a time (strips measured slower there: their
             # permuting tiles cost more per pixel, a strip adds about one tile and the copy)
             if i_lo > B:
                 i_lo = B
             s1 = e if e > i_lo else i_lo
-            _span(x, x, pw, xoff, A, i_lo, ow, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, woff, nt, xoff1,
-                  woff1, w, Fp, blk, NS, idx, tile_outer, slide, ob, ldo, kb, act, VL, True)
-            _span(x, x, pw, xoff, i_lo, s1, ow, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, woff, nt, xoff1,
-                  woff1, w, Fp, blk, NS, idx, tile_outer, slide, ob, ldo, kb, act, VL, False)
-            _span(x, x, pw, xoff, s1, B, ow, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, woff, nt, xoff1,
-                  woff1, w, Fp, blk, NS, idx, tile_outer, slide, ob, ldo, kb, act, VL, True)
+            ns = 3
+            sp0[0], sp1[0], spk[0] = A, i_lo, SPAN_SINGLE
+            sp0[1], sp1[1], spk[1] = i_lo, s1, SPAN_TILES
+            sp0[2], sp1[2], spk[2] = s1, B, SPAN_SINGLE
         else:
-            # Pixels whose window crosses the left or right border are computed in a strip of a
-            # whole tile's width (pe) at that end of the run, from a zero-padded copy of the
-            # strip's input columns (pbuf), so that they take the micro-tiles too (adding 0 * w
-            # for the padded taps, as the zero-padded reference does); a short run is one strip.
-            s0 = s1 = A
-            s2 = s3 = B
-            if i_lo > A:                          # left: the border pixels, at least a tile
+            # pixels whose window crosses the left or right border go in a strip at that end of
+            # the run (those pixels, and at least a tile's width pe), so that they take the
+            # micro-tiles too; when the strips meet, the whole run is one strip
+            s1 = A
+            s2 = B
+            if i_lo > A:
                 s1 = A + pe if A + pe > i_lo else i_lo
-            if e < B:                             # right: the same
+            if e < B:
                 s2 = B - pe if B - pe < e else e
-            if s2 <= s1:                          # they meet: the whole run is one strip
+            if s2 <= s1:
                 s1 = s2 = B
-            if s1 > s0:
-                _pack_strip(x, rowoff, nrow, s0, s1, sw, pw, dw, KW, W, C, pbuf, pxoff)
-                _span(x, pbuf, s0 * sw, pxoff, s0, s1, ow, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, woff,
-                      nt, xoff1, woff1, w, Fp, blk, NS, idx, tile_outer, slide, ob, ldo, kb, act, VL, False)
-            if s2 > s1:
-                _span(x, x, pw, xoff, s1, s2, ow, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, woff, nt, xoff1,
-                      woff1, w, Fp, blk, NS, idx, tile_outer, slide, ob, ldo, kb, act, VL, False)
-            if s3 > s2:
-                _pack_strip(x, rowoff, nrow, s2, s3, sw, pw, dw, KW, W, C, pbuf, pxoff)
-                _span(x, pbuf, s2 * sw, pxoff, s2, s3, ow, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, woff,
-                      nt, xoff1, woff1, w, Fp, blk, NS, idx, tile_outer, slide, ob, ldo, kb, act, VL, False)
-            # Keras (TensorFlow) skips padded taps: with an inf weight its border outputs are
-            # +-inf where the strips' 0 * inf gave NaN.  A border pixel with a NaN output is
+            ns = 3
+            sp0[0], sp1[0], spk[0] = A, s1, SPAN_STRIP
+            sp0[1], sp1[1], spk[1] = s1, s2, SPAN_TILES
+            sp0[2], sp1[2], spk[2] = s2, B, SPAN_STRIP
+        for k in range(ns):
+            if sp1[k] <= sp0[k]:
+                continue
+            if spk[k] == SPAN_STRIP:
+                _pack_strip(x, rowoff, nrow, sp0[k], sp1[k], sw, pw, dw, KW, W, C, pbuf, pxoff)
+                xs, xs0, offs = pbuf, sp0[k] * sw, pxoff
+            else:
+                xs, xs0, offs = x, pw, xoff
+            _span(x, xs, xs0, offs, sp0[k], sp1[k], ow, sw, pw, dw, W, C, Cg, KW, nrow, rowoff, rowtap, woff,
+                  nt, xoff1, woff1, w, Fp, blk, NS, idx, tile_outer, slide, ob, ldo, kb, act, VL,
+                  spk[k] == SPAN_SINGLE)
+        if spk[0] == SPAN_STRIP:
+            # A strip adds 0 * w for a padded tap, NaN for an inf weight, where Keras (TensorFlow)
+            # skips padded taps and gives +-inf: a border pixel whose output holds a NaN is
             # computed again over its real taps (only border pixels are checked).
             for o in range(A, B):
                 if (o < i_lo or o >= e) and _has_nan(ob + (o - ow) * ldo, F):
