@@ -69,6 +69,16 @@ def conv_plan(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups,
     return ConvPlan(fmt, act, x, kernel, bias, spatial, strides, dilation, groups, out, pads)
 
 
+def _operands(op, nsp, fmt, dt, x, kernel, bias):
+    """The checked ``x``, ``kernel`` and ``bias`` as the backends take them: 3-D channels-last
+    and kernel layouts, contiguous, of the computation dtype ``dt`` (``kernel`` may be a tuple
+    of kernels)."""
+    kernels = kernel if isinstance(kernel, tuple) else (kernel,)
+    return (to_3d(A.as_array(x, "x", op), nsp, fmt, dt),
+            *(kernel_3d(A.as_array(k, "kernel", op), nsp, dt) for k in kernels),
+            None if bias is None else np.ascontiguousarray(A.as_array(bias, "bias", op), dtype=dt))
+
+
 def _conv(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups,
           activation, data_format, backend):
     def geometry():
@@ -78,10 +88,7 @@ def _conv(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups,
     fmt, act, dt, *rest = A.remembered(
         A.call_key(op, (x, kernel, bias), (strides, padding, dilation_rate, groups, activation, data_format)),
         geometry)
-    return run_conv_like(
-        "conv", backend, nsp, fmt, act, to_3d(A.as_array(x, "x", op), nsp, fmt, dt),
-        kernel_3d(A.as_array(kernel, "kernel", op), nsp, dt),
-        None if bias is None else np.ascontiguousarray(A.as_array(bias, "bias", op), dtype=dt), *rest)
+    return run_conv_like("conv", backend, nsp, fmt, act, *_operands(op, nsp, fmt, dt, x, kernel, bias), *rest)
 
 
 TransposePlan = collections.namedtuple(
@@ -125,10 +132,8 @@ def _conv_transpose(op, nsp, x, kernel, bias, strides, padding, output_padding, 
     fmt, act, dt, *rest = A.remembered(
         A.call_key(op, (x, kernel, bias),
                    (strides, padding, output_padding, dilation_rate, activation, data_format)), geometry)
-    return run_conv_like(
-        "conv_transpose", backend, nsp, fmt, act, to_3d(A.as_array(x, "x", op), nsp, fmt, dt),
-        kernel_3d(A.as_array(kernel, "kernel", op), nsp, dt),
-        None if bias is None else np.ascontiguousarray(A.as_array(bias, "bias", op), dtype=dt), *rest)
+    return run_conv_like("conv_transpose", backend, nsp, fmt, act, *_operands(op, nsp, fmt, dt, x, kernel, bias),
+                         *rest)
 
 
 def _depthwise_parts(op, nsp, x, kernel, strides, padding, dilation_rate, data_format, name="kernel"):
@@ -156,10 +161,8 @@ def _depthwise(op, nsp, x, kernel, bias, strides, padding, dilation_rate, activa
                 axes3(pads, nsp, (0, 0)), axes3(out, nsp, 1))
     fmt, act, dt, *rest = A.remembered(
         A.call_key(op, (x, kernel, bias), (strides, padding, dilation_rate, activation, data_format)), geometry)
-    return run_conv_like(
-        "depthwise_conv", backend, nsp, fmt, act, to_3d(A.as_array(x, "x", op), nsp, fmt, dt),
-        kernel_3d(A.as_array(kernel, "kernel", op), nsp, dt),
-        None if bias is None else np.ascontiguousarray(A.as_array(bias, "bias", op), dtype=dt), *rest)
+    return run_conv_like("depthwise_conv", backend, nsp, fmt, act, *_operands(op, nsp, fmt, dt, x, kernel, bias),
+                         *rest)
 
 
 SeparablePlan = collections.namedtuple(
@@ -194,10 +197,7 @@ def _separable(op, nsp, x, depthwise_kernel, pointwise_kernel, bias, strides, pa
     fmt, act, dt, geometry = A.remembered(
         A.call_key(op, (x, depthwise_kernel, pointwise_kernel, bias),
                    (strides, padding, dilation_rate, activation, data_format)), plan)
-    x3 = to_3d(A.as_array(x, "x", op), nsp, fmt, dt)
-    dk3 = kernel_3d(A.as_array(depthwise_kernel, "depthwise_kernel", op), nsp, dt)
-    pk3 = kernel_3d(A.as_array(pointwise_kernel, "pointwise_kernel", op), nsp, dt)
-    bias = None if bias is None else np.ascontiguousarray(A.as_array(bias, "bias", op), dtype=dt)
+    x3, dk3, pk3, bias = _operands(op, nsp, fmt, dt, x, (depthwise_kernel, pointwise_kernel), bias)
     if backends.implements(backend, "separable_conv") and not A.is_device_array(x3) \
             and min(x3.size, dk3.size, pk3.size) > 0:
         # one fused kernel (the depthwise result never goes through memory whole); empty
