@@ -769,16 +769,15 @@ def matmul_tiles(A, W, Y, bias, has_bias):
 
 @njit(parallel=True, cache=True)
 def separable(x, wt, W2, Y2, OD, OH, OW, task_rows, scratch, strides, dilation, before, ksize, bias, has_bias,
-              code):
+              code, tiles):
     """Depthwise (multiplier 1) then pointwise convolution, fused: each task computes the
     depthwise output of ``task_rows`` output rows into its thread's ``scratch`` (the
     intermediate is never written to memory as a whole), multiplies that
-    block by the pointwise matrix ``W2`` (C, F) (:func:`matmul_tiles`, from the bias; BLAS
-    when F is not a whole number of its blocks) into ``Y2`` (pixels, F), then applies the
+    block by the pointwise matrix ``W2`` (C, F) (:func:`matmul_tiles` from the bias when
+    ``tiles``, see ``numba._tiles_fit``; else BLAS) into ``Y2`` (pixels, F), then applies the
     activation while the block is in cache."""
     N = x.shape[0]
     C = x.shape[4]
-    F = W2.shape[1]
     KD, KH = ksize[0], ksize[1]
     total = N * OD * OH
     zero = np.zeros(C, x.dtype)
@@ -796,11 +795,11 @@ def separable(x, wt, W2, Y2, OD, OH, OW, task_rows, scratch, strides, dilation, 
                            strides, dilation, before, ksize, zero, False)
         out = Y2[r0 * OW:r1 * OW]
         block = buf[:(r1 - r0) * OW * C].reshape(((r1 - r0) * OW, C))
-        if F % (4 * lanes(W2)) == 0:
+        if tiles:
             matmul_tiles(block, W2, out, bias, has_bias)
             if code:
                 epilogue(out, bias, False, code)
-        else:   # columns past whole register-tile blocks: BLAS (see numba._tiles_fit)
+        else:
             gemm(block, W2, out, 0.0)
             if has_bias or code:
                 epilogue(out, bias, has_bias, code)

@@ -58,6 +58,7 @@ import numpy as np
 from .._threads import get_num_threads
 from . import _blas
 from ._geometry import transpose_phases as _phases
+from ._numba_simd import VEC_BYTES
 from . import _numba_kernels as K
 
 NAME = "numba"
@@ -195,11 +196,14 @@ def _border_count(n, in_shape, ksize, dilation, before, out_shape):
     return n * (math.prod(out_shape) - inner)
 
 
-def _tiles_fit(f, itemsize):
-    """Whether ``f`` output channels are whole blocks of the register tiles (4 vectors of 64
-    bytes): the columns past the last block go one vector and one pixel at a time, which
-    made a 32-channel layer about 1.5x slower than BLAS (3x1 then 1x3 on 112x112x32)."""
-    return f % (4 * 64 // itemsize) == 0
+def _tiles_fit(f, itemsize, *operands):
+    """Whether the register tiles (``_numba_kernels.conv_tiles``) take a product with ``f``
+    output channels and these matrix ``operands``: the channels must be whole blocks of 4
+    vectors (the columns past the last block would go one vector and one pixel at a time,
+    which made a 32-channel layer about 1.5x slower than BLAS: 3x1 then 1x3 on 112x112x32),
+    and the operands C-contiguous (not a group's channel slice).  The shapes alone decide,
+    never the thread count, so results do not depend on it."""
+    return f % (4 * VEC_BYTES // itemsize) == 0 and all(a.flags.c_contiguous for a in operands)
 
 
 def _dense_path(n, in_shape, c, ksize, strides, dilation, before, out_shape):
@@ -229,9 +233,8 @@ def _conv_dense(x, w, y2, out_shape, strides, dilation, before, bias, has_bias, 
     if path == "pointwise_gemm":
         X = x.reshape(n * D * H * W, c)
         max_rows = _POINTWISE_BYTES // ((c + f) * item)
-        if _tiles_fit(f, item) and X.flags.c_contiguous and y2.flags.c_contiguous:
-            # row blocks only: the tiles give every row the same result whatever the blocks,
-            # so the choice and the results do not depend on the thread count
+        if _tiles_fit(f, item, X, y2):
+            # row blocks only: the tiles give every row the same result whatever the blocks
             K.tiles_rows(X, w2, y2, _chunk(X.shape[0], max_rows), bias, has_bias, code)
         else:
             rows, cols = _blocks(X.shape[0], f, max_rows)
@@ -275,10 +278,9 @@ def _shifted_conv(x, w, y2, out_shape, dilation, before, border, bias, has_bias,
     wt = np.ascontiguousarray(w.reshape(len(offsets), c, f))
     if hi > lo:
         max_rows = _CHUNK_BYTES // (f * x.itemsize)
-        if _tiles_fit(f, x.itemsize) and X.flags.c_contiguous and Yv.flags.c_contiguous:
+        if _tiles_fit(f, x.itemsize, X, Yv):
             # register tiles over all taps (no BLAS call per tap and block, no accumulating
-            # passes over the output), by row blocks only (thread-count independent, as above);
-            # a group's channel slice, or filters not in whole tile blocks, take BLAS
+            # passes over the output), by row blocks only; otherwise one BLAS GEMM per tap
             K.shifted_tiles(X, wt, Yv, offsets, lo, hi, _chunk(hi - lo, max_rows), bias, has_bias, code)
         else:
             rows, cols = _blocks(hi - lo, f, max_rows)
@@ -518,7 +520,7 @@ def separable_conv(x, dk, pk, b, strides, dilation, pads, out_shape, activation)
         K.separable(np.ascontiguousarray(x), np.ascontiguousarray(dk.reshape(-1, c)),
                     np.ascontiguousarray(pk.reshape(c, f)), y.reshape(-1, f), od, oh, ow, task_rows, scratch,
                     tuple(strides), tuple(dilation), tuple(p[0] for p in pads), tuple(dk.shape[:3]),
-                    np.ascontiguousarray(bias), has_bias, code)
+                    np.ascontiguousarray(bias), has_bias, code, _tiles_fit(f, x.itemsize))
     return y
 
 
