@@ -202,6 +202,37 @@ def test_depthwise_any_job_split_gives_identical_results(kernels, band, seg, gro
     np.testing.assert_array_equal(y, expected)
 
 
+def _at_offset(a, offset):
+    """A copy of ``a`` whose data starts ``offset`` bytes past a 64-byte boundary."""
+    buf = np.empty(a.nbytes + 128, np.uint8)
+    start = -buf.ctypes.data % 64 + offset
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("ksize, kw, m", [
+    ((3, 3), dict(padding="same"), 1),
+    ((3, 3), dict(padding="same", strides=2), 1),
+    ((5, 5), dict(padding="same"), 2),
+    ((3, 3), dict(padding="same", dilation_rate=2), 1),
+    ((3, 3), dict(padding="valid", strides=(1, 2)), 1),
+])
+@pytest.mark.parametrize("blocks", [2, 3, 16])
+def test_depthwise_reads_aligned_input_directly(kernels, ksize, kw, m, blocks, dtype):
+    # With x's channel blocks whole and 64-byte aligned, tiles inside the image read x itself
+    # (pixels C apart) instead of packed rows; both must give the same bits, and the
+    # reference's values.  16 blocks of 64 bytes: pixels 1 KiB apart, always packed.
+    c = blocks * kernels.block_channels(np.dtype(dtype).itemsize)
+    x = _rand(2, 13, 4 * _width(kernels) + 3, c).astype(dtype)
+    w = _rand(*ksize, c, m, seed=1).astype(dtype)
+    b = _rand(c * m, seed=2).astype(dtype)
+    f = lambda x: fastconv.depthwise_conv2d(x, w, b, activation="relu", backend="cython", **kw)
+    aligned = f(_at_offset(x, 0))
+    np.testing.assert_array_equal(f(_at_offset(x, np.dtype(dtype).itemsize)), aligned)
+    assert_close(aligned, fastconv.depthwise_conv2d(x, w, b, activation="relu", backend="reference", **kw))
+
+
 def test_isa_levels_are_checked(kernels):
     with pytest.raises(ValueError):
         kernels.set_isa("no-such-level")
