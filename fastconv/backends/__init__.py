@@ -128,10 +128,12 @@ def resolve(backend, op):
     :func:`fastconv.explain` the returned function records the call instead of
     computing it.
     """
-    if backend is None or backend == "auto":
-        fn = _AUTO_KERNELS.get(op)
-        if fn is None:
-            fn = _AUTO_KERNELS[op] = _auto_kernel(op)
+    hit = _RESOLVED.get((backend, op)) if backend is None or type(backend) is str else None
+    if hit is not None and (hit[0] is None or _loaded.get(backend) is hit[0] and op in hit[0].OPS):
+        fn = hit[1]
+    elif backend is None or backend == "auto":
+        fn = _auto_kernel(op)
+        _RESOLVED[backend, op] = (None, fn)
     else:
         mod = _module(backend)
         if op not in mod.OPS:
@@ -140,12 +142,15 @@ def resolve(backend, op):
                 f"one of the backends that do: "
                 f"{', '.join(n for n in available_backends() if op in _load(n).OPS)}")
         fn = getattr(mod, op)
+        _RESOLVED[backend, op] = (mod, fn)
     if _explain.recording():
         return _explain.recorder(op, backend or "auto", fn)
     return fn
 
 
-_AUTO_KERNELS = {}
+# (backend, op) -> (module, function) found for it, reused while that module is still the
+# loaded one and still lists op (tests take backends away); auto's dispatcher has no module
+_RESOLVED = {}
 
 
 def _auto_kernel(op):

@@ -111,15 +111,35 @@ def _split(x_shape, out_shape, ksize, strides, dilation, nblk, vec_bytes, pixels
     return -(-oh // nband), seg, group
 
 
+@functools.lru_cache(maxsize=256)
+def _depthwise_plan(x_shape, itemsize, w_shape, strides, dilation, pads, out_shape, activation, threads, isa):
+    """Everything a depthwise call works out from its shapes and arguments, once per call
+    signature and instruction-set level (``isa``: it sets the vector and tile sizes): the
+    output shape, the padded channel count, the job split, the kernel's geometry arguments
+    and activation code, and whether the activation is fused."""
+    n, c = x_shape[0], x_shape[-1]
+    m = w_shape[4]
+    y_shape = (n,) + tuple(out_shape) + (c * m,)
+    vl = _direct.block_channels(itemsize)
+    cp = -(-c // vl) * vl
+    taps = math.prod(w_shape[:3])
+    threads = threads if math.prod(y_shape) * taps >= _PARALLEL_MIN_WORK else 1
+    band, seg, group = _split(x_shape, tuple(out_shape), w_shape[:3], tuple(strides), tuple(dilation), cp // vl,
+                              vl * itemsize, _direct.tile_pixels(), threads)
+    fused = activation in _direct.ACTIVATIONS
+    geometry = (tuple(strides), tuple(dilation), tuple(p[0] for p in pads), tuple(w_shape[:3]),
+                _direct.ACTIVATIONS[activation if fused else None], band, seg, group, threads)
+    return y_shape, taps, cp, geometry, fused
+
+
 def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
-    n, c = x.shape[0], x.shape[-1]
-    m = w.shape[4]
-    taps = math.prod(w.shape[:3])
-    y = np.empty((n,) + tuple(out_shape) + (c * m,), x.dtype)
+    c, m = x.shape[-1], w.shape[4]
+    y_shape, taps, cp, geometry, fused = _depthwise_plan(
+        x.shape, x.itemsize, w.shape, strides, dilation, pads, out_shape,
+        activation, get_num_threads(), _direct.isa())
+    y = np.empty(y_shape, x.dtype)
     if y.size == 0:
         return y
-    vl = _direct.block_channels(x.itemsize)
-    cp = -(-c // vl) * vl
     if m == 1 and cp == c:
         # already the layout the kernel reads (w and b are contiguous): no copies
         wt = w.reshape(taps, 1, c)
@@ -132,13 +152,7 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
         bias = np.zeros((m, cp), x.dtype)
         if b is not None:
             bias[:, :c] = b.reshape(c, m).T
-    fused = activation in _direct.ACTIVATIONS
-    threads = _threads(y.size * taps)
-    band, seg, group = _split(x.shape, tuple(out_shape), w.shape[:3], tuple(strides), tuple(dilation), cp // vl,
-                              vl * x.itemsize, _direct.tile_pixels(), threads)
-    _direct.depthwise(x, wt, bias, y, tuple(strides), tuple(dilation), tuple(p[0] for p in pads),
-                      tuple(w.shape[:3]), _direct.ACTIVATIONS[activation if fused else None], band, seg,
-                      group, threads)
+    _direct.depthwise(x, wt, bias, y, *geometry)
     if not fused:
         # other elementwise activations (exp, tanh, erf, ...): one NumPy pass over the output
         y = activations.apply(activation, y)

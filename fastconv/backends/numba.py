@@ -111,8 +111,17 @@ _POOL_PARALLEL_MIN = 1 << 18
 def _threads(work, min_work=None):
     """Set Numba's thread count for an op doing ``work`` multiply-adds (or element reads)."""
     min_work = _PARALLEL_MIN_WORK if min_work is None else min_work
-    n = get_num_threads() if work >= min_work else 1
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    n = max(1, min(get_num_threads() if work >= min_work else 1, numba.config.NUMBA_NUM_THREADS))
+    # numba.set_num_threads costs ~1 us of argument checks; the count (per Python thread,
+    # as Numba keeps it) is read first in ~0.1 us and set only when it differs
+    if _numba_threads is None or _numba_threads() != n:
+        numba.set_num_threads(n)
+
+
+# Numba's own reader of the current thread's count, without its checks (a private name,
+# set when the thread pool is launched: without it every call sets the count)
+numba.get_num_threads()
+_numba_threads = getattr(numba.np.ufunc.parallel, "_get_num_threads", None)
 
 
 def _fused(b, activation, dtype, channels):

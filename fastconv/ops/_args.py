@@ -229,6 +229,10 @@ _MEMO = {}
 _MEMO_MAX = 4096
 
 
+# the types of argument a key takes as they are (bools only at the top level)
+_SCALARS = frozenset({int, str, type(None), bool})
+
+
 def _plain(v):
     """Whether ``v`` is an int, a string, None, or a tuple of those (bools excluded: True == 1)."""
     t = type(v)
@@ -247,16 +251,17 @@ def call_key(op, arrays, params):
     callables) makes the call checked from scratch every time."""
     key = [op]
     for a in arrays:
-        if a is None:
+        if type(a) is np.ndarray:
+            key.append((a.shape, a.dtype))
+        elif a is None:
             key.append(None)
-        elif type(a) is np.ndarray:
-            key.append((a.shape, a.dtype.str))
         else:
             return None
     for p in params:
-        if not (_plain(p) or type(p) is bool):
+        t = type(p)
+        if not (t in _SCALARS or t is tuple and _plain(p)):
             return None
-        key.append((type(p), p))
+        key.append((t, p))
     return tuple(key)
 
 

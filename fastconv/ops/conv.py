@@ -74,9 +74,9 @@ def _operands(op, nsp, fmt, dt, x, kernel, bias):
     and kernel layouts, contiguous, of the computation dtype ``dt`` (``kernel`` may be a tuple
     of kernels)."""
     kernels = kernel if isinstance(kernel, tuple) else (kernel,)
-    return (to_3d(A.as_array(x, "x", op), nsp, fmt, dt),
-            *(kernel_3d(A.as_array(k, "kernel", op), nsp, dt) for k in kernels),
-            None if bias is None else np.ascontiguousarray(A.as_array(bias, "bias", op), dtype=dt))
+    arr = lambda a, name: a if type(a) is np.ndarray else A.as_array(a, name, op)  # noqa: E731
+    return (to_3d(arr(x, "x"), nsp, fmt, dt), *[kernel_3d(arr(k, "kernel"), nsp, dt) for k in kernels],
+            None if bias is None else np.ascontiguousarray(arr(bias, "bias"), dtype=dt))
 
 
 def _conv(op, nsp, x, kernel, bias, strides, padding, dilation_rate, groups,
