@@ -539,8 +539,8 @@ def _depthwise_row(x, wt, y, ybase, n, od, oh, rows, taps0, OW, strides, dilatio
     lo, hi = interior_columns(W, OW, KW, sw, dw, bw)
     fast = ksize[0] == 1 and ksize[1] == 3 and KW == 3 and sw == 1 and dw == 1
     fast2 = ksize[0] == 1 and ksize[1] == 3 and KW == 3 and sw == 2 and dw == 1
-    # at least one 8-pixel tile: with 4 KiB chunks of 4 pixels (256 float32 channels and up)
-    # only the 4-pixel tiles ran, waiting on FMA latency (1x56x56x144: 15% slower)
+    # at least one 8-pixel tile: 4 KiB chunks hold only 4 pixels above 128 float32 channels,
+    # and then only the 4-pixel tiles ran, waiting on FMA latency (1x56x56x144: 15% slower)
     chunk = max(2 * _TILE, (4096 // (C * x.itemsize)) // _TILE * _TILE)
     L = lanes(x)  # a constant once inlined
     nr = kernel_rows(n, od, oh, x.shape, ksize, strides, dilation, before, rows, taps0)

@@ -114,14 +114,15 @@ def _threads(work, min_work=None):
     n = max(1, min(get_num_threads() if work >= min_work else 1, numba.config.NUMBA_NUM_THREADS))
     # numba.set_num_threads costs ~1 us of argument checks; the count (per Python thread,
     # as Numba keeps it) is read first in ~0.1 us and set only when it differs
-    if _numba_threads is None or _numba_threads() != n:
+    reader = getattr(_numba_parallel, "_get_num_threads", None)
+    if reader is None or reader() != n:
         numba.set_num_threads(n)
 
 
-# Numba's own reader of the current thread's count, without its checks (a private name,
-# set when the thread pool is launched: without it every call sets the count)
-numba.get_num_threads()
-_numba_threads = getattr(numba.np.ufunc.parallel, "_get_num_threads", None)
+# Numba's own reader of the current thread's count, without its checks, is a private name
+# of this module that exists once the thread pool is launched (by the first
+# set_num_threads); until then, and if a Numba lacks it, every call sets the count
+import numba.np.ufunc.parallel as _numba_parallel  # noqa: E402
 
 
 def _fused(b, activation, dtype, channels):

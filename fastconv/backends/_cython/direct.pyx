@@ -15,8 +15,8 @@ channels past ``C`` of the last block) written as zeros.  Rows above or below th
 input are a shared row of zeros.  Packing costs one load and one store per input
 vector and makes every output pixel an interior pixel: one micro-kernel covers
 the borders, small images and the last channel block alike, with aligned,
-contiguous loads.  Where x's channel blocks are whole, 64-byte-aligned vectors
-(and its pixels not a multiple of 512 bytes apart), the tiles whose inputs are
+contiguous loads.  Where x's channel blocks are whole, aligned vectors (and its
+pixels not a multiple of 1 KiB apart), the tiles whose inputs are
 all inside the image read x itself instead, and only the border pixels are
 packed: 10-26% faster on 1x112x112x32, 1x56x56x144 and stride-2 layers (NumPy
 arrays are usually only 16-byte aligned; unaligned vectors cost more than the
@@ -597,7 +597,7 @@ def depthwise(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wt, const rea
     ntile = (min(g.seg, g.OW) + g.P - 1) // g.P
     g.npk = (ntile * g.P - 1) * g.sw + (g.KW - 1) * g.dw + 1
     # Tiles whose inputs are all real read x itself, without packing, where x's channel blocks
-    # are whole, aligned vectors and its pixels are not a multiple of 512 bytes apart (such
+    # are whole, aligned vectors and its pixels are not a multiple of 1 KiB apart (such
     # pixels fall in few of L1's 64 sets: a tile's 4 x 10 input vectors would evict each other;
     # 1x38x38x256 float32 took 25% longer direct)
     cdef Py_ssize_t pix = g.C * x.itemsize
