@@ -405,3 +405,24 @@ def test_few_rows_do_not_depend_on_threads_or_batch(op, x_shape, w_shape, kwargs
             fastconv.set_num_threads(None)
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
+
+
+@pytest.mark.parametrize("op", ["depthwise_conv2d", "separable_conv2d"])
+def test_depthwise_row_pairs_give_the_bits_of_single_rows(op):
+    # 3x3 unit-stride rows are computed two at a time inside the image (2-row tiles) and
+    # alone at its edges; a row must get the same bits whichever it is: cropping one input
+    # row moves every output row from one position of its pair to the other (or to alone)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 12, 21, 24)).astype(np.float32)
+    dk = rng.standard_normal((3, 3, 24, 1)).astype(np.float32)
+    extra = (rng.standard_normal((1, 1, 24, 64)).astype(np.float32),) if op == "separable_conv2d" else ()
+    f = lambda x: getattr(fastconv, op)(x, dk, *extra, backend="numba", activation="relu")  # noqa: E731
+    full = f(x)
+    for n in (1, 2):
+        fastconv.set_num_threads(n)
+        try:
+            np.testing.assert_array_equal(f(x[:, 1:]), full[:, 1:])
+            np.testing.assert_array_equal(f(x[:, 2:]), full[:, 2:])
+        finally:
+            fastconv.set_num_threads(None)
+    assert_close(full, getattr(fastconv, op)(x, dk, *extra, backend="reference", activation="relu"))

@@ -410,6 +410,235 @@ def _dw_tile_3x3_8(x, y, o, xc, r0, r1, r2, C, m, k0, k1, k2, k3, k4, k5, k6, k7
 
 
 @njit(cache=True, inline="always")
+def _dw_tile_3x3_8x2(x, y, o, o2, xc, r0, r1, r2, r3, C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b):
+    """Eight neighbouring output pixels of two neighbouring output rows (stored from ``o`` and
+    ``o2``) of a 3x3, unit-stride depthwise kernel, one vector of channels: the 4 input rows
+    ``r0``..``r3`` the pair reads are each walked once, every input vector loaded once for both
+    rows (40 loads for 144 multiply-adds; one row at a time loads 60).  Each accumulator adds
+    its taps in the order :func:`_dw_tile_3x3_8` does, so results are the same bits."""
+    a0 = b
+    a1 = b
+    a2 = b
+    a3 = b
+    a4 = b
+    a5 = b
+    a6 = b
+    a7 = b
+    c0 = b
+    c1 = b
+    c2 = b
+    c3 = b
+    c4 = b
+    c5 = b
+    c6 = b
+    c7 = b
+    base = r0 + xc
+    v = vload_n(x, base, m)
+    a0 = vfma(v, k0, a0)
+    v = vload_n(x, base + 1 * C, m)
+    a0 = vfma(v, k1, a0)
+    a1 = vfma(v, k0, a1)
+    v = vload_n(x, base + 2 * C, m)
+    a0 = vfma(v, k2, a0)
+    a1 = vfma(v, k1, a1)
+    a2 = vfma(v, k0, a2)
+    v = vload_n(x, base + 3 * C, m)
+    a1 = vfma(v, k2, a1)
+    a2 = vfma(v, k1, a2)
+    a3 = vfma(v, k0, a3)
+    v = vload_n(x, base + 4 * C, m)
+    a2 = vfma(v, k2, a2)
+    a3 = vfma(v, k1, a3)
+    a4 = vfma(v, k0, a4)
+    v = vload_n(x, base + 5 * C, m)
+    a3 = vfma(v, k2, a3)
+    a4 = vfma(v, k1, a4)
+    a5 = vfma(v, k0, a5)
+    v = vload_n(x, base + 6 * C, m)
+    a4 = vfma(v, k2, a4)
+    a5 = vfma(v, k1, a5)
+    a6 = vfma(v, k0, a6)
+    v = vload_n(x, base + 7 * C, m)
+    a5 = vfma(v, k2, a5)
+    a6 = vfma(v, k1, a6)
+    a7 = vfma(v, k0, a7)
+    v = vload_n(x, base + 8 * C, m)
+    a6 = vfma(v, k2, a6)
+    a7 = vfma(v, k1, a7)
+    v = vload_n(x, base + 9 * C, m)
+    a7 = vfma(v, k2, a7)
+    base = r1 + xc
+    v = vload_n(x, base, m)
+    a0 = vfma(v, k3, a0)
+    c0 = vfma(v, k0, c0)
+    v = vload_n(x, base + 1 * C, m)
+    a0 = vfma(v, k4, a0)
+    c0 = vfma(v, k1, c0)
+    a1 = vfma(v, k3, a1)
+    c1 = vfma(v, k0, c1)
+    v = vload_n(x, base + 2 * C, m)
+    a0 = vfma(v, k5, a0)
+    c0 = vfma(v, k2, c0)
+    a1 = vfma(v, k4, a1)
+    c1 = vfma(v, k1, c1)
+    a2 = vfma(v, k3, a2)
+    c2 = vfma(v, k0, c2)
+    v = vload_n(x, base + 3 * C, m)
+    a1 = vfma(v, k5, a1)
+    c1 = vfma(v, k2, c1)
+    a2 = vfma(v, k4, a2)
+    c2 = vfma(v, k1, c2)
+    a3 = vfma(v, k3, a3)
+    c3 = vfma(v, k0, c3)
+    v = vload_n(x, base + 4 * C, m)
+    a2 = vfma(v, k5, a2)
+    c2 = vfma(v, k2, c2)
+    a3 = vfma(v, k4, a3)
+    c3 = vfma(v, k1, c3)
+    a4 = vfma(v, k3, a4)
+    c4 = vfma(v, k0, c4)
+    v = vload_n(x, base + 5 * C, m)
+    a3 = vfma(v, k5, a3)
+    c3 = vfma(v, k2, c3)
+    a4 = vfma(v, k4, a4)
+    c4 = vfma(v, k1, c4)
+    a5 = vfma(v, k3, a5)
+    c5 = vfma(v, k0, c5)
+    v = vload_n(x, base + 6 * C, m)
+    a4 = vfma(v, k5, a4)
+    c4 = vfma(v, k2, c4)
+    a5 = vfma(v, k4, a5)
+    c5 = vfma(v, k1, c5)
+    a6 = vfma(v, k3, a6)
+    c6 = vfma(v, k0, c6)
+    v = vload_n(x, base + 7 * C, m)
+    a5 = vfma(v, k5, a5)
+    c5 = vfma(v, k2, c5)
+    a6 = vfma(v, k4, a6)
+    c6 = vfma(v, k1, c6)
+    a7 = vfma(v, k3, a7)
+    c7 = vfma(v, k0, c7)
+    v = vload_n(x, base + 8 * C, m)
+    a6 = vfma(v, k5, a6)
+    c6 = vfma(v, k2, c6)
+    a7 = vfma(v, k4, a7)
+    c7 = vfma(v, k1, c7)
+    v = vload_n(x, base + 9 * C, m)
+    a7 = vfma(v, k5, a7)
+    c7 = vfma(v, k2, c7)
+    base = r2 + xc
+    v = vload_n(x, base, m)
+    a0 = vfma(v, k6, a0)
+    c0 = vfma(v, k3, c0)
+    v = vload_n(x, base + 1 * C, m)
+    a0 = vfma(v, k7, a0)
+    c0 = vfma(v, k4, c0)
+    a1 = vfma(v, k6, a1)
+    c1 = vfma(v, k3, c1)
+    v = vload_n(x, base + 2 * C, m)
+    a0 = vfma(v, k8, a0)
+    c0 = vfma(v, k5, c0)
+    a1 = vfma(v, k7, a1)
+    c1 = vfma(v, k4, c1)
+    a2 = vfma(v, k6, a2)
+    c2 = vfma(v, k3, c2)
+    v = vload_n(x, base + 3 * C, m)
+    a1 = vfma(v, k8, a1)
+    c1 = vfma(v, k5, c1)
+    a2 = vfma(v, k7, a2)
+    c2 = vfma(v, k4, c2)
+    a3 = vfma(v, k6, a3)
+    c3 = vfma(v, k3, c3)
+    v = vload_n(x, base + 4 * C, m)
+    a2 = vfma(v, k8, a2)
+    c2 = vfma(v, k5, c2)
+    a3 = vfma(v, k7, a3)
+    c3 = vfma(v, k4, c3)
+    a4 = vfma(v, k6, a4)
+    c4 = vfma(v, k3, c4)
+    v = vload_n(x, base + 5 * C, m)
+    a3 = vfma(v, k8, a3)
+    c3 = vfma(v, k5, c3)
+    a4 = vfma(v, k7, a4)
+    c4 = vfma(v, k4, c4)
+    a5 = vfma(v, k6, a5)
+    c5 = vfma(v, k3, c5)
+    v = vload_n(x, base + 6 * C, m)
+    a4 = vfma(v, k8, a4)
+    c4 = vfma(v, k5, c4)
+    a5 = vfma(v, k7, a5)
+    c5 = vfma(v, k4, c5)
+    a6 = vfma(v, k6, a6)
+    c6 = vfma(v, k3, c6)
+    v = vload_n(x, base + 7 * C, m)
+    a5 = vfma(v, k8, a5)
+    c5 = vfma(v, k5, c5)
+    a6 = vfma(v, k7, a6)
+    c6 = vfma(v, k4, c6)
+    a7 = vfma(v, k6, a7)
+    c7 = vfma(v, k3, c7)
+    v = vload_n(x, base + 8 * C, m)
+    a6 = vfma(v, k8, a6)
+    c6 = vfma(v, k5, c6)
+    a7 = vfma(v, k7, a7)
+    c7 = vfma(v, k4, c7)
+    v = vload_n(x, base + 9 * C, m)
+    a7 = vfma(v, k8, a7)
+    c7 = vfma(v, k5, c7)
+    base = r3 + xc
+    v = vload_n(x, base, m)
+    c0 = vfma(v, k6, c0)
+    v = vload_n(x, base + 1 * C, m)
+    c0 = vfma(v, k7, c0)
+    c1 = vfma(v, k6, c1)
+    v = vload_n(x, base + 2 * C, m)
+    c0 = vfma(v, k8, c0)
+    c1 = vfma(v, k7, c1)
+    c2 = vfma(v, k6, c2)
+    v = vload_n(x, base + 3 * C, m)
+    c1 = vfma(v, k8, c1)
+    c2 = vfma(v, k7, c2)
+    c3 = vfma(v, k6, c3)
+    v = vload_n(x, base + 4 * C, m)
+    c2 = vfma(v, k8, c2)
+    c3 = vfma(v, k7, c3)
+    c4 = vfma(v, k6, c4)
+    v = vload_n(x, base + 5 * C, m)
+    c3 = vfma(v, k8, c3)
+    c4 = vfma(v, k7, c4)
+    c5 = vfma(v, k6, c5)
+    v = vload_n(x, base + 6 * C, m)
+    c4 = vfma(v, k8, c4)
+    c5 = vfma(v, k7, c5)
+    c6 = vfma(v, k6, c6)
+    v = vload_n(x, base + 7 * C, m)
+    c5 = vfma(v, k8, c5)
+    c6 = vfma(v, k7, c6)
+    c7 = vfma(v, k6, c7)
+    v = vload_n(x, base + 8 * C, m)
+    c6 = vfma(v, k8, c6)
+    c7 = vfma(v, k7, c7)
+    v = vload_n(x, base + 9 * C, m)
+    c7 = vfma(v, k8, c7)
+    vstore_n(y, o, a0, m)
+    vstore_n(y, o + 1 * C, a1, m)
+    vstore_n(y, o + 2 * C, a2, m)
+    vstore_n(y, o + 3 * C, a3, m)
+    vstore_n(y, o + 4 * C, a4, m)
+    vstore_n(y, o + 5 * C, a5, m)
+    vstore_n(y, o + 6 * C, a6, m)
+    vstore_n(y, o + 7 * C, a7, m)
+    vstore_n(y, o2, c0, m)
+    vstore_n(y, o2 + 1 * C, c1, m)
+    vstore_n(y, o2 + 2 * C, c2, m)
+    vstore_n(y, o2 + 3 * C, c3, m)
+    vstore_n(y, o2 + 4 * C, c4, m)
+    vstore_n(y, o2 + 5 * C, c5, m)
+    vstore_n(y, o2 + 6 * C, c6, m)
+    vstore_n(y, o2 + 7 * C, c7, m)
+
+
+@njit(cache=True, inline="always")
 def _dw_tile_3x3_s2(x, y, o, xc, r0, r1, r2, C, m, k0, k1, k2, k3, k4, k5, k6, k7, k8, b):
     """Eight neighbouring output pixels of a 3x3, stride-2 depthwise kernel (MobileNet's
     downsampling layers), one vector of channels: each kernel row's 17 input columns are
@@ -526,10 +755,11 @@ def _taps_3x3(wt, C, c0, m):
 
 @njit(cache=True, inline="always")
 def _depthwise_row(x, wt, y, ybase, n, od, oh, rows, taps0, OW, strides, dilation, before, ksize, bias,
-                   has_bias):
+                   has_bias, first=-1):
     """Output row (n, od, oh) of a depthwise convolution (multiplier 1, no activation), its
     pixels stored from flat index ``ybase`` of ``y``; ``rows`` and ``taps0`` are scratch
-    (one entry per kernel row).  A row is cut into chunks of pixels whose input columns
+    (one entry per kernel row).  With ``first >= 0`` the interior columns before ``first``
+    are already computed (:func:`_depthwise_pair_interior`).  A row is cut into chunks of pixels whose input columns
     stay in L1 while every channel vector of the chunk is computed (with many channels, a
     whole row would evict itself: pixels a multiple of 1 KiB apart share few cache sets)."""
     C = x.shape[4]
@@ -544,7 +774,7 @@ def _depthwise_row(x, wt, y, ybase, n, od, oh, rows, taps0, OW, strides, dilatio
     chunk = max(2 * _TILE, (4096 // (C * x.itemsize)) // _TILE * _TILE)
     L = lanes(x)  # a constant once inlined
     nr = kernel_rows(n, od, oh, x.shape, ksize, strides, dilation, before, rows, taps0)
-    for q0 in range(lo, hi, chunk):
+    for q0 in range(max(lo, first), hi, chunk):
         q1 = min(hi, q0 + chunk)
         if q1 - q0 < _TILE:  # a short last chunk joins the previous one's pixels
             q0 = max(lo, q1 - _TILE)
@@ -606,26 +836,67 @@ def _depthwise_row(x, wt, y, ybase, n, od, oh, rows, taps0, OW, strides, dilatio
             _dw_pixel(x, wt, y, ybase + ow * C + c0, ow, W, rows, taps0, nr, KW, C, c0, m, sw, dw, bw, b)
 
 
+@njit(cache=True)
+def _depthwise_pair_interior(x, wt, y, ybase, n, od, oh, OW, strides, dilation, before, ksize, bias, has_bias):
+    """Output rows (n, od, oh) and (n, od, oh + 1) of a 3x3 unit-stride depthwise convolution
+    whose six kernel rows all lie inside the input, C a whole number of vectors: their interior
+    columns from the first on, in 2-row tiles (:func:`_dw_tile_3x3_8x2`), stored from flat
+    indices ``ybase`` and ``ybase + OW * C``.  Returns the first column left to
+    :func:`_depthwise_row` (-1: none computed, the pair does not qualify).  Not inlined: one
+    compiled copy of the large tile serves every caller."""
+    C = x.shape[4]
+    W = x.shape[3]
+    H = x.shape[2]
+    L = lanes(x)
+    bw = before[2]
+    top = oh * strides[1] - before[1]
+    i_d = od * strides[0] - before[0]
+    if not (ksize[0] == 1 and ksize[1] == 3 and ksize[2] == 3 and strides[2] == 1 and dilation[2] == 1
+            and strides[1] == 1 and dilation[1] == 1 and C % L == 0 and top >= 0 and top + 3 < H
+            and 0 <= i_d < x.shape[1]):
+        return -1
+    lo, hi = interior_columns(W, OW, 3, 1, 1, bw)
+    first = lo + (hi - lo) // (2 * _TILE) * (2 * _TILE)
+    chunk = max(2 * _TILE, (4096 // (C * x.itemsize)) // (2 * _TILE) * (2 * _TILE))
+    r0 = ((n * x.shape[1] + i_d) * H + top) * W * C
+    for q0 in range(lo, first, chunk):
+        q1 = min(first, q0 + chunk)
+        for c0 in range(0, C, L):
+            b = vload(bias, c0) if has_bias else vzero(x)
+            k0, k1, k2, k3, k4, k5, k6, k7, k8 = _taps_3x3(wt, C, c0, L)
+            for ow in range(q0, q1, 2 * _TILE):
+                o = ybase + ow * C + c0
+                _dw_tile_3x3_8x2(x, y, o, o + OW * C, (ow - bw) * C + c0, r0, r0 + W * C, r0 + 2 * W * C,
+                                 r0 + 3 * W * C, C, L, k0, k1, k2, k3, k4, k5, k6, k7, k8, b)
+    return first
+
+
 @njit(parallel=True, cache=True)
 def depthwise(x, wt, y, strides, dilation, before, ksize, bias, has_bias, code):
     """Depthwise convolution with multiplier 1, direct with register tiles:
     ``y[.., c] = bias[c] + sum_tap x[.., c] * wt[tap, c]``, then the activation.
-    One thread per output row (:func:`_depthwise_row`); ``x``, ``wt`` (taps, C), ``y`` and
-    ``bias`` contiguous."""
+    One task per pair of output rows (:func:`_depthwise_pair_interior`, then
+    :func:`_depthwise_row` for each; a plane's last row alone when it has an odd count); ``x``, ``wt`` (taps, C), ``y`` and ``bias`` contiguous."""
     N = x.shape[0]
     _, OD, OH, OW, C = y.shape
     KD, KH = ksize[0], ksize[1]
-    # per-row kernel-row tables, allocated once (an allocation per row costs ~0.1 us)
-    rows_all = np.empty((N * OD * OH, KD * KH), np.int64)
-    taps_all = np.empty((N * OD * OH, KD * KH), np.int64)
-    for row in prange(N * OD * OH):
-        n = row // (OD * OH)
-        od = (row // OH) % OD
-        oh = row % OH
-        _depthwise_row(x, wt, y, row * OW * C, n, od, oh, rows_all[row], taps_all[row], OW, strides, dilation,
-                       before, ksize, bias, has_bias)
-        if code != 0:
-            epilogue(y[n, od, oh], bias, False, code)
+    NP = (OH + 1) // 2
+    # per-task kernel-row tables, allocated once (an allocation per row costs ~0.1 us)
+    rows_all = np.empty((N * OD * NP, KD * KH), np.int64)
+    taps_all = np.empty((N * OD * NP, KD * KH), np.int64)
+    for t in prange(N * OD * NP):
+        n = t // (OD * NP)
+        od = (t // NP) % OD
+        oh = (t % NP) * 2
+        row = (n * OD + od) * OH + oh
+        pair = oh + 1 < OH
+        first = _depthwise_pair_interior(x, wt, y, row * OW * C, n, od, oh, OW, strides, dilation, before, ksize,
+                                         bias, has_bias) if pair else -1
+        for k in range(2 if pair else 1):
+            _depthwise_row(x, wt, y, (row + k) * OW * C, n, od, oh + k, rows_all[t], taps_all[t], OW, strides,
+                           dilation, before, ksize, bias, has_bias, first)
+            if code != 0:
+                epilogue(y[n, od, oh + k], bias, False, code)
 
 
 @njit(cache=True, inline="always")
@@ -789,12 +1060,18 @@ def separable(x, wt, W2, Y2, OD, OH, OW, task_rows, scratch, strides, dilation, 
         r1 = min(total, r0 + task_rows)
         tid = get_thread_id()
         buf = scratch[tid]
-        for row in range(r0, r1):
+        row = r0
+        while row < r1:
             n = row // (OD * OH)
             od = (row // OH) % OD
             oh = row % OH
-            _depthwise_row(x, wt, buf, (row - r0) * OW * C, n, od, oh, tables[tid, 0], tables[tid, 1], OW,
-                           strides, dilation, before, ksize, zero, False)
+            pair = row + 1 < r1 and oh + 1 < OH  # two rows of one image plane at a time
+            first = _depthwise_pair_interior(x, wt, buf, (row - r0) * OW * C, n, od, oh, OW, strides, dilation,
+                                             before, ksize, zero, False) if pair else -1
+            for k in range(2 if pair else 1):
+                _depthwise_row(x, wt, buf, (row + k - r0) * OW * C, n, od, oh + k, tables[tid, 0], tables[tid, 1],
+                               OW, strides, dilation, before, ksize, zero, False, first)
+            row += 2 if pair else 1
         out = Y2[r0 * OW:r1 * OW]
         block = buf[:(r1 - r0) * OW * C].reshape(((r1 - r0) * OW, C))
         if tiles:

@@ -604,8 +604,9 @@ _PATHS = {
     "grouped_merged": "{m} neighbouring groups merged into block-diagonal dense convolutions, each: {dense}",
     "grouped_gemm": "one dense convolution per group of {g} channels, each: {dense}",
     "grouped_depthwise": "groups of one channel as a depthwise convolution: {dw}",
-    "depthwise_3x3": "direct SIMD kernel, 8 (or 4) output pixels x one channel vector per tile, the "
-                     "3x3 unit-stride tile loading each input column once for its kernel row",
+    "depthwise_3x3": "direct SIMD kernel, 2 output rows x 8 pixels x one channel vector per tile inside "
+                     "the image (8 or 4 pixels of one row at its edges), loading each input vector once "
+                     "for both rows and all its taps",
     "depthwise_3x3_s2": "direct SIMD kernel, 8 (or 4) output pixels x one channel vector per tile, the "
                         "3x3 stride-2 tile loading each input column once for its kernel row",
     "depthwise_tiles": "direct SIMD kernel, 4 output pixels x one channel vector per tile (generic "
