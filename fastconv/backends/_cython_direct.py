@@ -83,8 +83,11 @@ _JOBS_PER_THREAD = 4
 _MIN_BAND_ROWS = 4
 
 
-def _threads(work):
-    return get_num_threads() if work >= _PARALLEL_MIN_WORK else 1
+def _threads(work, threads=None):
+    """Threads for an op of ``work`` (of ``threads``, default the configured count)."""
+    if work < _PARALLEL_MIN_WORK:
+        return 1
+    return get_num_threads() if threads is None else threads
 
 
 @functools.lru_cache(maxsize=256)
@@ -124,7 +127,7 @@ def _depthwise_plan(x_shape, itemsize, w_shape, strides, dilation, pads, out_sha
     vl = _direct.block_channels(itemsize)
     cp = -(-c // vl) * vl
     taps = math.prod(w_shape[:3])
-    threads = threads if math.prod(y_shape) * taps >= _PARALLEL_MIN_WORK else 1
+    threads = _threads(math.prod(y_shape) * taps, threads)
     band, seg, group = _split(x_shape, tuple(out_shape), w_shape[:3], tuple(strides), tuple(dilation), cp // vl,
                               vl * itemsize, _direct.tile_pixels(), threads)
     fused = activation in _direct.ACTIVATIONS

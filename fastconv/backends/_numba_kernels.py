@@ -754,6 +754,15 @@ def _taps_3x3(wt, C, c0, m):
 
 
 @njit(cache=True, inline="always")
+def _dw_chunk(C, itemsize, unit):
+    """Output pixels per chunk of a depthwise row: those whose input columns fill about
+    4 KiB, a multiple of ``unit``, and at least one 8-pixel tile (4 KiB holds only 4 pixels
+    above 128 float32 channels, and then only the 4-pixel tiles ran, waiting on FMA
+    latency: 1x56x56x144 was 15% slower)."""
+    return max(2 * _TILE, (4096 // (C * itemsize)) // unit * unit)
+
+
+@njit(cache=True, inline="always")
 def _depthwise_row(x, wt, y, ybase, n, od, oh, rows, taps0, OW, strides, dilation, before, ksize, bias,
                    has_bias, first=-1):
     """Output row (n, od, oh) of a depthwise convolution (multiplier 1, no activation), its
@@ -769,9 +778,7 @@ def _depthwise_row(x, wt, y, ybase, n, od, oh, rows, taps0, OW, strides, dilatio
     lo, hi = interior_columns(W, OW, KW, sw, dw, bw)
     fast = ksize[0] == 1 and ksize[1] == 3 and KW == 3 and sw == 1 and dw == 1
     fast2 = ksize[0] == 1 and ksize[1] == 3 and KW == 3 and sw == 2 and dw == 1
-    # at least one 8-pixel tile: 4 KiB chunks hold only 4 pixels above 128 float32 channels,
-    # and then only the 4-pixel tiles ran, waiting on FMA latency (1x56x56x144: 15% slower)
-    chunk = max(2 * _TILE, (4096 // (C * x.itemsize)) // _TILE * _TILE)
+    chunk = _dw_chunk(C, x.itemsize, _TILE)
     L = lanes(x)  # a constant once inlined
     nr = kernel_rows(n, od, oh, x.shape, ksize, strides, dilation, before, rows, taps0)
     for q0 in range(max(lo, first), hi, chunk):
@@ -857,7 +864,7 @@ def _depthwise_pair_interior(x, wt, y, ybase, n, od, oh, OW, strides, dilation, 
         return -1
     lo, hi = interior_columns(W, OW, 3, 1, 1, bw)
     first = lo + (hi - lo) // (2 * _TILE) * (2 * _TILE)
-    chunk = max(2 * _TILE, (4096 // (C * x.itemsize)) // (2 * _TILE) * (2 * _TILE))
+    chunk = _dw_chunk(C, x.itemsize, 2 * _TILE)
     r0 = ((n * x.shape[1] + i_d) * H + top) * W * C
     for q0 in range(lo, first, chunk):
         q1 = min(first, q0 + chunk)

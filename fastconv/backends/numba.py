@@ -53,6 +53,11 @@ import sys
 import threading
 
 import numba
+# Numba's own reader of the current thread's count (``_get_num_threads``, without the checks
+# of numba.get_num_threads) is a private name of this module that exists once the thread pool
+# is launched (by the first set_num_threads); until then, and if a Numba lacks it, _threads
+# sets the count on every call
+import numba.np.ufunc.parallel as _numba_parallel
 import numpy as np
 
 from .._threads import get_num_threads
@@ -118,11 +123,6 @@ def _threads(work, min_work=None):
     if reader is None or reader() != n:
         numba.set_num_threads(n)
 
-
-# Numba's own reader of the current thread's count, without its checks, is a private name
-# of this module that exists once the thread pool is launched (by the first
-# set_num_threads); until then, and if a Numba lacks it, every call sets the count
-import numba.np.ufunc.parallel as _numba_parallel  # noqa: E402
 
 
 def _fused(b, activation, dtype, channels):
