@@ -10,6 +10,8 @@ that each of these paths runs, and every test runs at each instruction-set level
 this CPU has (AVX-512, AVX2, baseline: each has its own vector width and tiles).
 """
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -231,6 +233,68 @@ def test_depthwise_reads_aligned_input_directly(kernels, ksize, kw, m, blocks, d
     aligned = f(_at_offset(x, 0))
     np.testing.assert_array_equal(f(_at_offset(x, np.dtype(dtype).itemsize)), aligned)
     assert_close(aligned, fastconv.depthwise_conv2d(x, w, b, activation="relu", backend="reference", **kw))
+
+
+def _packed_only(kernels, f):
+    """``f()`` with every depthwise input row packed (no direct reads of x)."""
+    kernels.set_direct_reads(False)
+    try:
+        return f()
+    finally:
+        kernels.set_direct_reads(True)
+
+
+@pytest.mark.parametrize("ksize, kw", [
+    ((3, 3), dict(padding="same")),
+    ((5, 5), dict(padding="same")),
+    ((3, 3), dict(padding="valid")),
+    ((3, 3), dict(padding="same", dilation_rate=2)),
+    # left padding of a whole tile of pixels (4 or 8): the first direct tile starts one later
+    ((3, 3), dict(padding="same", dilation_rate=(1, 4))),
+    ((3, 3), dict(padding="same", dilation_rate=(1, 8))),
+    ((3, 3), dict(padding="valid", strides=(2, 1))),
+])
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+def test_depthwise_reads_misaligned_input_directly(kernels, ksize, kw, blocks, dtype):
+    # Misaligned x (unit W stride, no multiplier): tiles inside the image read x at aligned
+    # addresses some lanes before each channel block, with rotated weights, plus one vector
+    # for the lanes a run leaves at its end.  Same bits as packing every row; the reference's
+    # values.
+    itemsize = np.dtype(dtype).itemsize
+    vl = kernels.block_channels(itemsize)
+    c = blocks * vl
+    p = kernels.tile_pixels()
+    b = _rand(c, seed=2).astype(dtype)
+    w = _rand(*ksize, c, 1, seed=1).astype(dtype)
+    # x from 1 lane to a vector less one past a 64-byte line; widths: whole tiles (the run's
+    # last pixel is the row's last direct one), a partial tile, and more than one segment of
+    # columns per row (jobs side by side in a row)
+    for lanes, width in itertools.product(sorted({1, vl // 2, vl - 1} - {0}), (8 * p, 8 * p + 3, 300)):
+        x = _at_offset(_rand(2, 11, width, c).astype(dtype), lanes * itemsize)
+        f = lambda: fastconv.depthwise_conv2d(x, w, b, activation="relu6", backend="cython", **kw)  # noqa: E731
+        y = f()
+        np.testing.assert_array_equal(y, _packed_only(kernels, f))
+        assert_close(y, fastconv.depthwise_conv2d(x, w, b, activation="relu6", backend="reference", **kw))
+
+
+def test_depthwise_misaligned_reads_for_any_threads_and_split(kernels, dtype):
+    # the shifted tiles' first and last pixels at every job boundary (bands, segments, groups)
+    from fastconv.backends import _cython_direct
+    itemsize = np.dtype(dtype).itemsize
+    vl = kernels.block_channels(itemsize)
+    if vl == 1:
+        pytest.skip("one lane per vector")
+    c = 3 * vl
+    x = _at_offset(_rand(1, 17, 5 * kernels.tile_pixels() + 1, c).astype(dtype), itemsize)[:, None]
+    w = _rand(1, 3, 3, c, 1, seed=1).astype(dtype)
+    bias = _rand(1, c, seed=2).astype(dtype)
+    expected = _packed_only(kernels, lambda: _cython_direct.depthwise_conv(
+        x, w, bias.ravel(), (1, 1, 1), (1, 1, 1), ((0, 0), (1, 1), (1, 1)), x.shape[1:4], "relu"))
+    for band, seg, group, threads in [(1, 1, 1, 2), (3, 5, 2, 2), (2, 8, 100, 1), (17, 1000, 1, 2)]:
+        y = np.full_like(expected, np.nan)
+        kernels.depthwise(x, w.reshape(9, 1, c), bias, y, (1, 1, 1), (1, 1, 1), (0, 1, 1), (1, 3, 3),
+                          kernels.ACTIVATIONS["relu"], band, seg, group, threads)
+        np.testing.assert_array_equal(y, expected)
 
 
 def test_isa_levels_are_checked(kernels):

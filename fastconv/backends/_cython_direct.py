@@ -136,6 +136,19 @@ def _depthwise_plan(x_shape, itemsize, w_shape, strides, dilation, pads, out_sha
     return y_shape, taps, cp, geometry, fused
 
 
+# the widest vector of the kernels (AVX-512)
+_VECTOR_BYTES = 64
+
+
+def _like(x, shape):
+    """An empty array of ``shape`` and x's dtype whose data starts as far past a 64-byte
+    boundary as x's."""
+    n = math.prod(shape)
+    buf = np.empty(n * x.itemsize + _VECTOR_BYTES, np.uint8)
+    start = (x.ctypes.data - buf.ctypes.data) % _VECTOR_BYTES
+    return buf[start:start + n * x.itemsize].view(x.dtype).reshape(shape)
+
+
 def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
     c, m = x.shape[-1], w.shape[4]
     y_shape, taps, cp, geometry, fused = _depthwise_plan(
@@ -144,6 +157,10 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
     y = np.empty(y_shape, x.dtype)
     if y.size == 0:
         return y
+    if m == 1 and (y.ctypes.data - x.ctypes.data) % _VECTOR_BYTES:
+        # the tiles inside the image store whole aligned vectors where y starts as far into a
+        # vector as x (see _cython/direct.pyx); NumPy's allocations usually do already
+        y = _like(x, y_shape)
     if m == 1 and cp == c:
         # already the layout the kernel reads (w and b are contiguous): no copies
         wt = w.reshape(taps, 1, c)

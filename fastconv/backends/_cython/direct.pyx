@@ -15,12 +15,18 @@ channels past ``C`` of the last block) written as zeros.  Rows above or below th
 input are a shared row of zeros.  Packing costs one load and one store per input
 vector and makes every output pixel an interior pixel: one micro-kernel covers
 the borders, small images and the last channel block alike, with aligned,
-contiguous loads.  Where x's channel blocks are whole, aligned vectors (and its
-pixels not a multiple of 1 KiB apart), the tiles whose inputs are
-all inside the image read x itself instead, and only the border pixels are
-packed: 10-26% faster on 1x112x112x32, 1x56x56x144 and stride-2 layers (NumPy
-arrays are usually only 16-byte aligned; unaligned vectors cost more than the
-packing saves, so those inputs are packed throughout).
+contiguous loads.  Where x's channel blocks are whole vectors (and its pixels not
+a multiple of 1 KiB apart), the tiles whose inputs are all inside the image read x
+itself instead, and only the border pixels are packed: 10-26% faster on
+1x112x112x32, 1x56x56x144 and stride-2 layers.  Vectors split across cache
+lines cost more than packing saves, and NumPy's arrays usually start 16 bytes
+past a 64-byte line; so where x is not aligned, at unit W stride and without a
+depth multiplier, each direct vector starts the misalignment's lanes early, at
+an aligned address, and the weights and bias are rotated to match (a depthwise
+tap is the same lane-by-lane product in every position of a row's flat run of
+pixels x channels); one extra vector per run covers the lanes it leaves at its
+end.  1x112x112x32 float32 at 2 threads: 67 us packed, 55 aligned this way, 50
+for aligned x.  Other misaligned inputs are packed throughout.
 
 The micro-kernel computes a tile of 2 output rows x P output pixels (P = 8 with
 AVX-512, 4 with AVX2 or SSE2: 16 or 8 accumulator registers) x one channel
@@ -45,6 +51,7 @@ count.  Padded taps add ``0 * w`` like the zero-padded reference.
 """
 
 from cython.parallel cimport parallel, prange
+import numpy as np
 from libc.stdlib cimport free
 from libc.string cimport memset
 
@@ -66,6 +73,7 @@ cdef extern from *:
     #include <stddef.h>
     #include <stdlib.h>
     #include <string.h>
+    #include <stdint.h>
 
     /* the ISA macros (FC_X86, FC_T512, ...) and fc_vec_bytes are in _isa.pxi */
     #if FC_X86
@@ -88,8 +96,11 @@ cdef extern from *:
     typedef struct { const void* x; const void* xd; const void* w0; const void* w1; } fc_dwrow;
 
     typedef void (*fc_dwfn)(const fc_dwrow* rows, ptrdiff_t nr, int direct, ptrdiff_t col, ptrdiff_t ps,
-                            ptrdiff_t ws, const void* bias, int act, void* out0, void* out1, ptrdiff_t ldo,
-                            ptrdiff_t npx, ptrdiff_t s, ptrdiff_t kw, ptrdiff_t dw);
+                            ptrdiff_t ws, ptrdiff_t wo, const void* bias, int act, void* out0, void* out1,
+                            ptrdiff_t ldo, ptrdiff_t npx, ptrdiff_t s, ptrdiff_t kw, ptrdiff_t dw);
+    typedef void (*fc_edgefn)(const fc_dwrow* rows, ptrdiff_t nr, ptrdiff_t col, ptrdiff_t ps, ptrdiff_t ws,
+                              ptrdiff_t wo, const void* bias, int act, void* out0, void* out1, ptrdiff_t nl,
+                              int R, ptrdiff_t kw, ptrdiff_t dw);
     typedef void (*fc_packfn)(const void* src, ptrdiff_t C, ptrdiff_t nb, ptrdiff_t cn, ptrdiff_t lo,
                               ptrdiff_t hi, ptrdiff_t np, void* dst, ptrdiff_t bs);
 
@@ -124,14 +135,15 @@ cdef extern from *:
        adds its input row (the packed one, or with direct the input's own) times its kernel row's       \\
        weights (taps ws apart) to the output rows it serves; tile pixel p reads the row's vectors at    \\
        col + (p * s + k * dw) * ps (k < kw; ps is VL for packed rows, C for the input's), and pixels    \\
-       p < npx are stored at out + p * ldo.  With KW > 0 (then s = S, kw = KW and dw = 1 at compile     \\
+       p < npx are stored at out + p * ldo.  The weights are read wo bytes past the entries' (the      \\
+       rotated copy of the shifted direct tiles, see _dw_job).  With KW > 0 (then s = S, kw = KW and dw = 1 at compile     \\
        time) the tile's columns are walked once, each input vector loaded once for all the taps and     \\
        both rows that use it; KW = 0 is the generic loop over taps.  Every accumulator adds its taps    \\
        in order (entries, then k) on every path. */                                                     \\
     FC_INL TGT void fc_dw_tile_##SUF(const fc_dwrow* rows, ptrdiff_t nr, int direct, ptrdiff_t col,     \\
-            ptrdiff_t ps, ptrdiff_t ws, const void* bias_, int act, void* out0_, void* out1_,           \\
-            ptrdiff_t ldo, ptrdiff_t npx, const int R, const int S, const int KW, ptrdiff_t s,          \\
-            ptrdiff_t kw, ptrdiff_t dw) {                                                               \\
+            ptrdiff_t ps, ptrdiff_t ws, ptrdiff_t wo, const void* bias_, int act, void* out0_,          \\
+            void* out1_, ptrdiff_t ldo, ptrdiff_t npx, const int R, const int S, const int KW,          \\
+            ptrdiff_t s, ptrdiff_t kw, ptrdiff_t dw) {                                                  \\
         enum { VL = VB / sizeof(T) };                                                                   \\
         /* packed rows have a compile-time pixel stride */                                              \\
         if (!direct) ps = VL;                                                                           \\
@@ -140,8 +152,8 @@ cdef extern from *:
         _Pragma("GCC unroll 16") for (int p = 0; p < P; p++) { a0[p] = zero; a1[p] = zero; }            \\
         for (ptrdiff_t r = 0; r < nr; r++) {                                                            \\
             const T* x = (const T*)(direct ? rows[r].xd : rows[r].x) + col;                             \\
-            const T* w0 = (const T*)rows[r].w0;                                                         \\
-            const T* w1 = R == 2 ? (const T*)rows[r].w1 : 0;                                            \\
+            const T* w0 = rows[r].w0 ? (const T*)((uintptr_t)rows[r].w0 + wo) : 0;                      \\
+            const T* w1 = R == 2 && rows[r].w1 ? (const T*)((uintptr_t)rows[r].w1 + wo) : 0;            \\
             if (KW) {                                                                                   \\
                 fc_v_##SUF u0[FC_DW_KMAX], u1[FC_DW_KMAX];                                              \\
                 _Pragma("GCC unroll 8") for (int k = 0; k < KW; k++) {                                  \\
@@ -220,6 +232,33 @@ cdef extern from *:
         }                                                                                               \\
         return R == 2 ? fc_dw_2_0_0_##SUF : fc_dw_1_0_0_##SUF;                                          \\
     }                                                                                                   \\
+    /* The lanes that a run of shifted direct tiles (see _dw_job) leaves out at its end: the vector     \\
+       at col of each of the R output rows, with the taps added in the tiles' order, and its first     \\
+       nl lanes (the last channels of the run's last pixel) stored at out0 / out1.  Its other lanes     \\
+       may read past the input row, never past the aligned vector that holds its first lane. */         \\
+    static TGT void fc_dw_edge_##SUF(const fc_dwrow* rows, ptrdiff_t nr, ptrdiff_t col, ptrdiff_t ps,   \\
+            ptrdiff_t ws, ptrdiff_t wo, const void* bias_, int act, void* out0_, void* out1_,           \\
+            ptrdiff_t nl, int R, ptrdiff_t kw, ptrdiff_t dw) {                                          \\
+        const fc_v_##SUF zero = {0};                                                                    \\
+        fc_v_##SUF a0 = zero, a1 = zero;                                                                \\
+        for (ptrdiff_t r = 0; r < nr; r++) {                                                            \\
+            const T* x = (const T*)rows[r].xd + col;                                                    \\
+            const T* w0 = rows[r].w0 ? (const T*)((uintptr_t)rows[r].w0 + wo) : 0;                      \\
+            const T* w1 = R == 2 && rows[r].w1 ? (const T*)((uintptr_t)rows[r].w1 + wo) : 0;            \\
+            for (ptrdiff_t k = 0; k < kw; k++) {                                                        \\
+                const fc_v_##SUF v = *(const fc_vu_##SUF*)(x + k * dw * ps);                            \\
+                if (w0) a0 += v * *(const fc_vu_##SUF*)(w0 + k * ws);                                   \\
+                if (w1) a1 += v * *(const fc_vu_##SUF*)(w1 + k * ws);                                   \\
+            }                                                                                           \\
+        }                                                                                               \\
+        const fc_v_##SUF b = *(const fc_vu_##SUF*)bias_;                                                \\
+        a0 = fc_finish_##SUF(a0, b, act);                                                               \\
+        a1 = fc_finish_##SUF(a1, b, act);                                                               \\
+        for (ptrdiff_t l = 0; l < nl; l++) {                                                            \\
+            ((T*)out0_)[l] = a0[l];                                                                     \\
+            if (R == 2) ((T*)out1_)[l] = a1[l];                                                         \\
+        }                                                                                               \\
+    }                                                                                                   \\
     /* Packs one input row for nb channel blocks: block b's pixel i (VL apart, np pixels, the block     \\
        at dst + b * bs) = src pixel i - lo's channels b * VL .. (pixels C apart; in the last block      \\
        only cn channels are real, zeros after them) for lo <= i < hi, zeros elsewhere.  The row is      \\
@@ -254,14 +293,15 @@ cdef extern from *:
 
     #define FC_DW_SPECIAL(T, SUF, TGT, R, S, KW)                                                        \\
     static TGT void fc_dw_##R##_##S##_##KW##_##SUF(const fc_dwrow* rows, ptrdiff_t nr, int direct,      \\
-            ptrdiff_t col, ptrdiff_t ps, ptrdiff_t ws, const void* bias, int act, void* out0,           \\
-            void* out1, ptrdiff_t ldo, ptrdiff_t npx, ptrdiff_t s, ptrdiff_t kw, ptrdiff_t dw) {        \\
+            ptrdiff_t col, ptrdiff_t ps, ptrdiff_t ws, ptrdiff_t wo, const void* bias, int act,         \\
+            void* out0, void* out1, ptrdiff_t ldo, ptrdiff_t npx, ptrdiff_t s, ptrdiff_t kw,            \\
+            ptrdiff_t dw) {                                                                             \\
         /* one copy of the tile per source (direct is a constant in each) */                            \\
         if (direct)                                                                                     \\
-            fc_dw_tile_##SUF(rows, nr, 1, col, ps, ws, bias, act, out0, out1, ldo, npx, R, S, KW,       \\
+            fc_dw_tile_##SUF(rows, nr, 1, col, ps, ws, wo, bias, act, out0, out1, ldo, npx, R, S, KW,   \\
                              s, kw, dw);                                                                \\
         else                                                                                            \\
-            fc_dw_tile_##SUF(rows, nr, 0, col, ps, ws, bias, act, out0, out1, ldo, npx, R, S, KW,       \\
+            fc_dw_tile_##SUF(rows, nr, 0, col, ps, ws, wo, bias, act, out0, out1, ldo, npx, R, S, KW,   \\
                              s, kw, dw);                                                                \\
     }
 
@@ -284,6 +324,14 @@ cdef extern from *:
         return dsize == 4 ? fc_dw_select_f0(R, s, kw, dw) : fc_dw_select_d0(R, s, kw, dw);
     }
 
+    static fc_edgefn fc_dw_edger(int isa, int dsize) {
+    #if FC_X86
+        if (isa == 2) return dsize == 4 ? fc_dw_edge_f2 : fc_dw_edge_d2;
+        if (isa == 1) return dsize == 4 ? fc_dw_edge_f1 : fc_dw_edge_d1;
+    #endif
+        return dsize == 4 ? fc_dw_edge_f0 : fc_dw_edge_d0;
+    }
+
     static fc_packfn fc_dw_packer(int isa, int dsize) {
     #if FC_X86
         if (isa == 2) return dsize == 4 ? fc_dw_pack_f2 : fc_dw_pack_d2;
@@ -298,18 +346,34 @@ cdef extern from *:
         const void* w0
         const void* w1
     ctypedef void (*fc_dwfn)(const fc_dwrow* rows, Py_ssize_t nr, int direct, Py_ssize_t col, Py_ssize_t ps,
-                             Py_ssize_t ws, const void* bias, int act, void* out0, void* out1,
+                             Py_ssize_t ws, Py_ssize_t wo, const void* bias, int act, void* out0, void* out1,
                              Py_ssize_t ldo, Py_ssize_t npx, Py_ssize_t s, Py_ssize_t kw,
                              Py_ssize_t dw) noexcept nogil
+    ctypedef void (*fc_edgefn)(const fc_dwrow* rows, Py_ssize_t nr, Py_ssize_t col, Py_ssize_t ps,
+                               Py_ssize_t ws, Py_ssize_t wo, const void* bias, int act, void* out0, void* out1,
+                               Py_ssize_t nl, int R, Py_ssize_t kw, Py_ssize_t dw) noexcept nogil
     ctypedef void (*fc_packfn)(const void* src, Py_ssize_t C, Py_ssize_t nb, Py_ssize_t cn, Py_ssize_t lo,
                                Py_ssize_t hi, Py_ssize_t np, void* dst, Py_ssize_t bs) noexcept nogil
     Py_ssize_t fc_dw_pixels(int isa) noexcept nogil
     fc_dwfn fc_dw_select(int isa, int dsize, int R, Py_ssize_t s, Py_ssize_t kw, Py_ssize_t dw) noexcept nogil
     fc_packfn fc_dw_packer(int isa, int dsize) noexcept nogil
+    fc_edgefn fc_dw_edger(int isa, int dsize) noexcept nogil
 
 
 # Pixel strides with this power of two (or a larger one) as a factor are never read directly.
 cdef Py_ssize_t _DIRECT_CONFLICT_BYTES = 1024
+# Whether tiles may read x directly at all, and shifted (for tests and measurements)
+cdef bint _DIRECT_READS = True
+cdef bint _SHIFTED_READS = True
+
+
+def set_direct_reads(direct=True, shifted=True):
+    """Let the depthwise tiles inside the image read x itself (``direct``; aligned x only unless
+    ``shifted``), or pack every input row.  Results are the same bits either way: for tests and
+    measurements."""
+    global _DIRECT_READS, _SHIFTED_READS
+    _DIRECT_READS = direct
+    _SHIFTED_READS = shifted
 
 
 # ---------------------------------------------------------------- ISA level (isa, set_isa and
@@ -348,9 +412,16 @@ ctypedef struct Geometry:
     # packed pixels per row buffer
     Py_ssize_t span, npk
     int act
-    # whether tiles inside the input may read x itself (see depthwise)
+    # whether tiles inside the input may read x itself (see depthwise), and how many lanes
+    # their vectors start before a channel block (x's misalignment, see _dw_job)
     bint direct
+    Py_ssize_t lsh
+    # with lsh > 0: the weights and bias rotated by lsh lanes (wr, br), and the byte distance
+    # from the weights to wr that the tiles add to their weight pointers
+    const void* br
+    Py_ssize_t wo
     fc_dwfn tile1, tile2
+    fc_edgefn edge
     fc_packfn pack
 
 
@@ -401,14 +472,29 @@ cdef void _dw_job(const real* x, const real* wt, const real* bias, real* y, cons
     cdef Py_ssize_t tl = min((max(-off, 0) + P * g.sw - 1) // (P * g.sw), ntile)
     cdef Py_ssize_t q = g.W - 1 - off - reach
     cdef Py_ssize_t tr = max(min(q // (P * g.sw) + 1, ntile), tl) if q >= 0 else tl
+    cdef Py_ssize_t nown = owb - owa, dend, e0
+    if g.lsh > 0:
+        # Misaligned x (its vectors start lsh lanes into a 64-byte line; unit W stride, no
+        # multiplier): a direct tile's vectors start lsh lanes early, at aligned addresses.  Each
+        # covers the last lsh channels of the pixel before its first and the first VL - lsh of
+        # its own, with the weights and bias rotated to match (the same value in the same lane
+        # position of every tap, so every output gets the bits of the packed tiles).  That first
+        # pixel before must be this job's and read only real input...
+        tl = max(tl, 1)
+        while tl < ntile and off + tl * P < 1:
+            tl += 1
     cdef bint dok = g.direct and tr > tl
+    # ...and the last lsh channels of the last direct pixel are left to one more vector (g.edge)
+    dend = min(tr * P, nown)
+    e0 = dend
     # the packed pixels the border tiles read: [0, pl) and [pr, npk)
     cdef Py_ssize_t pl = min(npk, (tl - 1) * P * g.sw + reach + 1) if tl > 0 else 0
-    cdef Py_ssize_t pr = min(tr * P * g.sw, npk)
+    cdef Py_ssize_t pr = min(e0 * g.sw, npk)
     cdef Py_ssize_t oha = bd * g.band, ohb = min(oha + g.band, g.OH)
     cdef Py_ssize_t rowlen = g.npk * VL, slotlen = g.group * g.npk * VL
     cdef Py_ssize_t oh, R, nr, kd, i_d, ih, ih0, span, s, k0, k1, t1, slot, m, tile, ow, npx, src
-    cdef Py_ssize_t b, c0, cn, p, c, r, col, ps
+    cdef Py_ssize_t b, c0, cn, p, c, r, col, ps, run, nrun, pos, end, lsh
+    cdef Py_ssize_t runs[9]
     cdef bint vin, direct
     cdef real* yp
     cdef fc_dwfn kern
@@ -465,6 +551,16 @@ cdef void _dw_job(const real* x, const real* wt, const real* bias, real* y, cons
                 _pack_range(x, g, src, nb, cl, lo, hi, 0, pl, ring + slot * slotlen, rowlen)
                 _pack_range(x, g, src, nb, cl, lo, hi, pr, npk, ring + slot * slotlen, rowlen)
                 slot_ih[slot] = 2 * ih
+        # runs of tiles (first output column, end, direct): packed ones on the left, direct ones
+        # inside and packed ones on the right where these rows are all real, else one packed run
+        if vin:
+            runs[0], runs[1], runs[2] = 0, tl * P, 0
+            runs[3], runs[4], runs[5] = tl * P, dend, 1
+            runs[6], runs[7], runs[8] = e0, nown, 0
+            nrun = 3
+        else:
+            runs[0], runs[1], runs[2] = 0, nown, 0
+            nrun = 1
         for b in range(nb):
             c0 = (b0 + b) * VL
             cn = cl if b == nb - 1 else VL
@@ -487,25 +583,35 @@ cdef void _dw_job(const real* x, const real* wt, const real* bias, real* y, cons
                             rows[r].w0 = <const real*>rows[r].w0 + Cp
                         if rows[r].w1 != NULL:
                             rows[r].w1 = <const real*>rows[r].w1 + Cp
-                for tile in range(ntile):
-                    ow = owa + tile * P
-                    npx = min(P, owb - ow)
-                    yp = y + (((n * g.OD + od) * g.OH + oh) * g.OW + ow) * Cout + c0 * M + m
-                    direct = vin and tl <= tile < tr
-                    col = (off + tile * P * g.sw) * C if direct else tile * P * g.sw * VL
-                    ps = C if direct else VL
-                    if M == 1 and cn == VL:
-                        # stored straight into y
-                        kern(rows, nr, direct, col, ps, M * Cp, bias + m * Cp + c0, g.act,
-                             yp, yp + g.OW * Cout, Cout, npx, g.sw, g.KW, g.dw)
-                    else:
-                        # into tmp, then the real channels to every M-th channel of y
-                        kern(rows, nr, direct, col, ps, M * Cp, bias + m * Cp + c0, g.act,
-                             tmp, tmp + P * VL, VL, npx, g.sw, g.KW, g.dw)
-                        for r in range(R):
-                            for p in range(npx):
-                                for c in range(cn):
-                                    yp[r * g.OW * Cout + p * Cout + c * M] = tmp[(r * P + p) * VL + c]
+                for run in range(nrun):
+                    direct = runs[3 * run + 2]
+                    lsh = g.lsh if direct else 0
+                    end = runs[3 * run + 1]
+                    pos = runs[3 * run]
+                    while pos < end:
+                        ow = owa + pos
+                        npx = min(P, end - pos)
+                        yp = y + (((n * g.OD + od) * g.OH + oh) * g.OW + ow) * Cout + c0 * M + m
+                        col = (off + pos * g.sw) * C - lsh if direct else pos * g.sw * VL
+                        ps = C if direct else VL
+                        if M == 1 and cn == VL:
+                            # stored straight into y
+                            kern(rows, nr, direct, col, ps, M * Cp, g.wo if lsh else 0,
+                                 (<const real*>g.br if lsh else bias + m * Cp) + c0, g.act,
+                                 yp - lsh, yp + g.OW * Cout - lsh, Cout, npx, g.sw, g.KW, g.dw)
+                        else:
+                            # into tmp, then the real channels to every M-th channel of y
+                            kern(rows, nr, direct, col, ps, M * Cp, 0, bias + m * Cp + c0, g.act,
+                                 tmp, tmp + P * VL, VL, npx, g.sw, g.KW, g.dw)
+                            for r in range(R):
+                                for p in range(npx):
+                                    for c in range(cn):
+                                        yp[r * g.OW * Cout + p * Cout + c * M] = tmp[(r * P + p) * VL + c]
+                        pos += npx
+                    if lsh and b0 + b == 0:
+                        yp = y + (((n * g.OD + od) * g.OH + oh) * g.OW + owa + end) * Cout - lsh
+                        g.edge(rows, nr, (off + end) * C - lsh, C, Cp, g.wo, g.br, g.act, yp,
+                               yp + g.OW * Cout, lsh, R, g.KW, g.dw)
             if M > 1:
                 # back to multiplier 0 for the next block
                 for r in range(nr):
@@ -597,15 +703,35 @@ def depthwise(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wt, const rea
     ntile = (min(g.seg, g.OW) + g.P - 1) // g.P
     g.npk = (ntile * g.P - 1) * g.sw + (g.KW - 1) * g.dw + 1
     # Tiles whose inputs are all real read x itself, without packing, where x's channel blocks
-    # are whole, aligned vectors and its pixels are not a multiple of 1 KiB apart (such
-    # pixels fall in few of L1's 64 sets: a tile's 4 x 10 input vectors would evict each other;
-    # 1x38x38x256 float32 took 25% longer direct)
+    # are whole vectors and its pixels are not a multiple of 1 KiB apart (such pixels fall in
+    # few of L1's 64 sets: a tile's 4 x 10 input vectors would evict each other; 1x38x38x256
+    # float32 took 25% longer direct), and where their vectors are aligned: x itself is, or
+    # (unit W stride, no depth multiplier) the tiles shift their vectors to aligned addresses
+    # (_dw_job; the module docstring has the measurements).
     cdef Py_ssize_t pix = g.C * x.itemsize
-    g.direct = (g.C % g.VL == 0 and <size_t>&x[0, 0, 0, 0, 0] % (g.VL * x.itemsize) == 0
-                and (pix & -pix) < _DIRECT_CONFLICT_BYTES)
+    cdef size_t mis = <size_t>&x[0, 0, 0, 0, 0] % (g.VL * x.itemsize)
+    g.lsh = mis // x.itemsize if mis % x.itemsize == 0 and g.sw == 1 and g.M == 1 and _SHIFTED_READS else 0
+    g.direct = (_DIRECT_READS and g.C % g.VL == 0 and (pix & -pix) < _DIRECT_CONFLICT_BYTES
+                and (mis == 0 or g.lsh > 0))
+    if not g.direct:
+        g.lsh = 0
     g.tile1 = fc_dw_select(_isa, x.itemsize, 1, g.sw, g.KW, g.dw)
     g.tile2 = fc_dw_select(_isa, x.itemsize, 2, g.sw, g.KW, g.dw)
     g.pack = fc_dw_packer(_isa, x.itemsize)
+    g.edge = fc_dw_edger(_isa, x.itemsize)
+    cdef real[:, ::1] wr
+    cdef real[::1] br
+    cdef Py_ssize_t t, j
+    if g.lsh > 0:
+        # lane j of a shifted block holds channel j - lsh (mod C) (Cp == C here)
+        wr = np.empty((wt.shape[0], g.C), dtype=np.asarray(wt).dtype)
+        br = np.empty(g.C, dtype=np.asarray(wt).dtype)
+        for j in range(g.C):
+            br[j] = bias[0, (j - g.lsh + g.C) % g.C]
+            for t in range(wt.shape[0]):
+                wr[t, j] = wt[t, 0, (j - g.lsh + g.C) % g.C]
+        g.br = &br[0]
+        g.wo = <Py_ssize_t>(<size_t>&wr[0, 0] - <size_t>&wt[0, 0, 0])
     _depthwise(&x[0, 0, 0, 0, 0], &wt[0, 0, 0], &bias[0, 0], &y[0, 0, 0, 0, 0], &g, num_threads)
 
 
