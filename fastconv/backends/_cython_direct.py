@@ -145,7 +145,7 @@ def _like(x, shape):
     boundary as x's."""
     n = math.prod(shape)
     buf = np.empty(n * x.itemsize + _VECTOR_BYTES, np.uint8)
-    start = (x.ctypes.data - buf.ctypes.data) % _VECTOR_BYTES
+    start = (_direct.vector_offset(x) - _direct.vector_offset(buf)) % _VECTOR_BYTES
     return buf[start:start + n * x.itemsize].view(x.dtype).reshape(shape)
 
 
@@ -157,7 +157,7 @@ def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
     y = np.empty(y_shape, x.dtype)
     if y.size == 0:
         return y
-    if m == 1 and (y.ctypes.data - x.ctypes.data) % _VECTOR_BYTES:
+    if m == 1 and _direct.vector_offset(y) != _direct.vector_offset(x):
         # the tiles inside the image store whole aligned vectors where y starts as far into a
         # vector as x (see _cython/direct.pyx); NumPy's allocations usually do already
         y = _like(x, y_shape)

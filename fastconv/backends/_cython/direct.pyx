@@ -50,6 +50,7 @@ every path, so results do not depend on the tiling, the job split or the thread
 count.  Padded taps add ``0 * w`` like the zero-padded reference.
 """
 
+from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from cython.parallel cimport parallel, prange
 import numpy as np
 from libc.stdlib cimport free
@@ -358,6 +359,16 @@ cdef extern from *:
     fc_dwfn fc_dw_select(int isa, int dsize, int R, Py_ssize_t s, Py_ssize_t kw, Py_ssize_t dw) noexcept nogil
     fc_packfn fc_dw_packer(int isa, int dsize) noexcept nogil
     fc_edgefn fc_dw_edger(int isa, int dsize) noexcept nogil
+
+
+def vector_offset(a):
+    """How many bytes past a 64-byte boundary the data of contiguous array ``a`` starts (a
+    cheaper read of its address than ``a.ctypes.data``)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(a, &view, PyBUF_ANY_CONTIGUOUS)
+    cdef size_t r = <size_t>view.buf % 64
+    PyBuffer_Release(&view)
+    return r
 
 
 # Pixel strides with this power of two (or a larger one) as a factor are never read directly.
