@@ -7,6 +7,8 @@
 
 # Before any kernel module: loads the OpenMP runtime with a short idle spin (see _openmp).
 from . import _openmp  # noqa: F401
+# glibc keeps freed large arrays' memory for the next calls' outputs (see _malloc).
+from . import _malloc  # noqa: F401,E402
 
 from . import activations, errors  # noqa: E402
 from ._threads import get_num_threads, set_num_threads
