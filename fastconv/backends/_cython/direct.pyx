@@ -52,9 +52,8 @@ count.  Padded taps add ``0 * w`` like the zero-padded reference.
 
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from cython.parallel cimport parallel, prange
-import numpy as np
-from libc.stdlib cimport free
-from libc.string cimport memset
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
 
 
 cdef extern from "stdlib.h":
@@ -724,25 +723,33 @@ def depthwise(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wt, const rea
     g.lsh = mis // x.itemsize if mis % x.itemsize == 0 and g.sw == 1 and g.M == 1 and _SHIFTED_READS else 0
     g.direct = (_DIRECT_READS and g.C % g.VL == 0 and (pix & -pix) < _DIRECT_CONFLICT_BYTES
                 and (mis == 0 or g.lsh > 0))
+    if g.lsh > 0 and g.OW <= g.P:
+        # a shifted run starts at the second tile of a row at the earliest: none here
+        g.direct = False
     if not g.direct:
         g.lsh = 0
     g.tile1 = fc_dw_select(_isa, x.itemsize, 1, g.sw, g.KW, g.dw)
     g.tile2 = fc_dw_select(_isa, x.itemsize, 2, g.sw, g.KW, g.dw)
     g.pack = fc_dw_packer(_isa, x.itemsize)
     g.edge = fc_dw_edger(_isa, x.itemsize)
-    cdef real[:, ::1] wr
-    cdef real[::1] br
-    cdef Py_ssize_t t, j
+    cdef real* wr = NULL
+    cdef const real* src
+    cdef Py_ssize_t t, taps = wt.shape[0]
     if g.lsh > 0:
-        # lane j of a shifted block holds channel j - lsh (mod C) (Cp == C here)
-        wr = np.empty((wt.shape[0], g.C), dtype=np.asarray(wt).dtype)
-        br = np.empty(g.C, dtype=np.asarray(wt).dtype)
-        for j in range(g.C):
-            br[j] = bias[0, (j - g.lsh + g.C) % g.C]
-            for t in range(wt.shape[0]):
-                wr[t, j] = wt[t, 0, (j - g.lsh + g.C) % g.C]
-        g.br = &br[0]
-        g.wo = <Py_ssize_t>(<size_t>&wr[0, 0] - <size_t>&wt[0, 0, 0])
-    _depthwise(&x[0, 0, 0, 0, 0], &wt[0, 0, 0], &bias[0, 0], &y[0, 0, 0, 0, 0], &g, num_threads)
+        # the taps' weights, then the bias, rotated: lane j of a shifted block holds channel
+        # j - lsh (mod C) (Cp == C here)
+        wr = <real*>malloc((taps + 1) * g.C * sizeof(real))
+        if wr == NULL:
+            raise MemoryError()
+        for t in range(taps + 1):
+            src = &wt[t, 0, 0] if t < taps else &bias[0, 0]
+            memcpy(wr + t * g.C, src + g.C - g.lsh, g.lsh * sizeof(real))
+            memcpy(wr + t * g.C + g.lsh, src, (g.C - g.lsh) * sizeof(real))
+        g.br = wr + taps * g.C
+        g.wo = <Py_ssize_t>(<size_t>wr - <size_t>&wt[0, 0, 0])
+    try:
+        _depthwise(&x[0, 0, 0, 0, 0], &wt[0, 0, 0], &bias[0, 0], &y[0, 0, 0, 0, 0], &g, num_threads)
+    finally:
+        free(wr)
 
 
