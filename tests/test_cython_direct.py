@@ -278,7 +278,8 @@ def test_depthwise_reads_misaligned_input_directly(kernels, ksize, kw, blocks, d
 
 
 def test_depthwise_misaligned_reads_for_any_threads_and_split(kernels, dtype):
-    # the shifted tiles' first and last pixels at every job boundary (bands, segments, groups)
+    # the shifted tiles' first and last pixels at every job boundary (bands, segments), and
+    # jobs that split the channel blocks (packed then)
     from fastconv.backends import _cython_direct
     itemsize = np.dtype(dtype).itemsize
     vl = kernels.block_channels(itemsize)

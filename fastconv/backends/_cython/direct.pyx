@@ -26,7 +26,8 @@ an aligned address, and the weights and bias are rotated to match (a depthwise
 tap is the same lane-by-lane product in every position of a row's flat run of
 pixels x channels); one extra vector per run covers the lanes it leaves at its
 end.  1x112x112x32 float32 at 2 threads: 67 us packed, 55 aligned this way, 50
-for aligned x.  Other misaligned inputs are packed throughout.
+for aligned x.  Other misaligned inputs (strided, with a multiplier, or split
+between jobs by channel blocks) are packed throughout.
 
 The micro-kernel computes a tile of 2 output rows x P output pixels (P = 8 with
 AVX-512, 4 with AVX2 or SSE2: 16 or 8 accumulator registers) x one channel
@@ -482,7 +483,7 @@ cdef void _dw_job(const real* x, const real* wt, const real* bias, real* y, cons
     cdef Py_ssize_t tl = min((max(-off, 0) + P * g.sw - 1) // (P * g.sw), ntile)
     cdef Py_ssize_t q = g.W - 1 - off - reach
     cdef Py_ssize_t tr = max(min(q // (P * g.sw) + 1, ntile), tl) if q >= 0 else tl
-    cdef Py_ssize_t nown = owb - owa, dend, e0
+    cdef Py_ssize_t nown = owb - owa, dend
     if g.lsh > 0:
         # Misaligned x (its vectors start lsh lanes into a 64-byte line; unit W stride, no
         # multiplier): a direct tile's vectors start lsh lanes early, at aligned addresses.  Each
@@ -496,13 +497,12 @@ cdef void _dw_job(const real* x, const real* wt, const real* bias, real* y, cons
     cdef bint dok = g.direct and tr > tl
     # ...and the last lsh channels of the last direct pixel are left to one more vector (g.edge)
     dend = min(tr * P, nown)
-    e0 = dend
     # the packed pixels the border tiles read: [0, pl) and [pr, npk)
     cdef Py_ssize_t pl = min(npk, (tl - 1) * P * g.sw + reach + 1) if tl > 0 else 0
-    cdef Py_ssize_t pr = min(e0 * g.sw, npk)
+    cdef Py_ssize_t pr = min(dend * g.sw, npk)
     cdef Py_ssize_t oha = bd * g.band, ohb = min(oha + g.band, g.OH)
     cdef Py_ssize_t rowlen = g.npk * VL, slotlen = g.group * g.npk * VL
-    cdef Py_ssize_t oh, R, nr, kd, i_d, ih, ih0, span, s, k0, k1, t1, slot, m, tile, ow, npx, src
+    cdef Py_ssize_t oh, R, nr, kd, i_d, ih, ih0, span, s, k0, k1, t1, slot, m, ow, npx, src
     cdef Py_ssize_t b, c0, cn, p, c, r, col, ps, run, nrun, pos, end, lsh
     cdef Py_ssize_t runs[9]
     cdef bint vin, direct
@@ -566,7 +566,7 @@ cdef void _dw_job(const real* x, const real* wt, const real* bias, real* y, cons
         if vin:
             runs[0], runs[1], runs[2] = 0, tl * P, 0
             runs[3], runs[4], runs[5] = tl * P, dend, 1
-            runs[6], runs[7], runs[8] = e0, nown, 0
+            runs[6], runs[7], runs[8] = dend, nown, 0
             nrun = 3
         else:
             runs[0], runs[1], runs[2] = 0, nown, 0
@@ -723,8 +723,10 @@ def depthwise(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wt, const rea
     g.lsh = mis // x.itemsize if mis % x.itemsize == 0 and g.sw == 1 and g.M == 1 and _SHIFTED_READS else 0
     g.direct = (_DIRECT_READS and g.C % g.VL == 0 and (pix & -pix) < _DIRECT_CONFLICT_BYTES
                 and (mis == 0 or g.lsh > 0))
-    if g.lsh > 0 and g.OW <= g.P:
-        # a shifted run starts at the second tile of a row at the earliest: none here
+    if g.lsh > 0 and (g.OW <= g.P or g.ngroup > 1):
+        # a shifted run starts at the second tile of a row at the earliest (none here), and
+        # its first vector writes the last channels of the pixel before: another job's where
+        # jobs split the channel blocks
         g.direct = False
     if not g.direct:
         g.lsh = 0
