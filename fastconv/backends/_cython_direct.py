@@ -133,7 +133,8 @@ def _depthwise_plan(x_shape, itemsize, w_shape, strides, dilation, pads, out_sha
     fused = activation in _direct.ACTIVATIONS
     geometry = (tuple(strides), tuple(dilation), tuple(p[0] for p in pads), tuple(w_shape[:3]),
                 _direct.ACTIVATIONS[activation if fused else None], band, seg, group, threads)
-    return y_shape, taps, cp, geometry, fused
+    shifted = _direct.shifted_reads(c, itemsize, m, strides[2], out_shape[2], group)
+    return y_shape, taps, cp, geometry, fused, shifted
 
 
 # the widest vector of the kernels (AVX-512)
@@ -151,16 +152,15 @@ def _like(x, shape):
 
 def depthwise_conv(x, w, b, strides, dilation, pads, out_shape, activation):
     c, m = x.shape[-1], w.shape[4]
-    y_shape, taps, cp, geometry, fused = _depthwise_plan(
+    y_shape, taps, cp, geometry, fused, shifted = _depthwise_plan(
         x.shape, x.itemsize, w.shape, strides, dilation, pads, out_shape,
         activation, get_num_threads(), _direct.isa())
-    y = np.empty(y_shape, x.dtype)
+    # where the tiles inside the image may read x directly, y starts as far into a vector as x,
+    # so that their stores are aligned where their loads are (see _cython/direct.pyx); chosen by
+    # the shapes alone, so a model's memory use does not depend on where NumPy put x
+    y = _like(x, y_shape) if shifted and math.prod(y_shape) else np.empty(y_shape, x.dtype)
     if y.size == 0:
         return y
-    if m == 1 and _direct.vector_offset(y) != _direct.vector_offset(x):
-        # the tiles inside the image store whole aligned vectors where y starts as far into a
-        # vector as x (see _cython/direct.pyx); NumPy's allocations usually do already
-        y = _like(x, y_shape)
     if m == 1 and cp == c:
         # already the layout the kernel reads (w and b are contiguous): no copies
         wt = w.reshape(taps, 1, c)

@@ -378,6 +378,32 @@ cdef bint _DIRECT_READS = True
 cdef bint _SHIFTED_READS = True
 
 
+cdef bint _direct_ok(Py_ssize_t C, Py_ssize_t itemsize) noexcept:
+    # whole channel vectors, pixels not a multiple of 1 KiB apart (see depthwise)
+    cdef Py_ssize_t pix = C * itemsize
+    return C % (fc_vec_bytes(_isa) // itemsize) == 0 and (pix & -pix) < _DIRECT_CONFLICT_BYTES
+
+
+cdef bint _shift_ok(Py_ssize_t C, Py_ssize_t itemsize, Py_ssize_t M, Py_ssize_t sw, Py_ssize_t OW,
+                    Py_ssize_t group) noexcept:
+    # unit W stride and no multiplier (a shifted vector's lanes are one flat run of pixels x
+    # channels, in x and in y alike), a shifted run somewhere (it starts at a row's second tile
+    # at the earliest), and jobs that have every channel block (its first vector writes the
+    # last channels of the pixel before it)
+    cdef Py_ssize_t vl = fc_vec_bytes(_isa) // itemsize
+    return (_SHIFTED_READS and M == 1 and sw == 1 and OW > fc_dw_pixels(_isa)
+            and group >= (C + vl - 1) // vl)
+
+
+def shifted_reads(Py_ssize_t C, Py_ssize_t itemsize, Py_ssize_t M, Py_ssize_t sw, Py_ssize_t OW,
+                  Py_ssize_t group):
+    """Whether a depthwise call with these channels, element size, multiplier, W stride, output
+    width and channel blocks per job (:func:`depthwise`'s ``group``) reads a misaligned x
+    directly, its vectors shifted to aligned addresses: then y is best allocated as far into a
+    vector as x (its stores are aligned too)."""
+    return _DIRECT_READS and _direct_ok(C, itemsize) and _shift_ok(C, itemsize, M, sw, OW, group)
+
+
 def set_direct_reads(direct=True, shifted=True):
     """Let the depthwise tiles inside the image read x itself (``direct``; aligned x only unless
     ``shifted``), or pack every input row.  Results are the same bits either way: for tests and
@@ -718,18 +744,12 @@ def depthwise(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wt, const rea
     # float32 took 25% longer direct), and where their vectors are aligned: x itself is, or
     # (unit W stride, no depth multiplier) the tiles shift their vectors to aligned addresses
     # (_dw_job; the module docstring has the measurements).
-    cdef Py_ssize_t pix = g.C * x.itemsize
     cdef size_t mis = <size_t>&x[0, 0, 0, 0, 0] % (g.VL * x.itemsize)
-    g.lsh = mis // x.itemsize if mis % x.itemsize == 0 and g.sw == 1 and g.M == 1 and _SHIFTED_READS else 0
-    g.direct = (_DIRECT_READS and g.C % g.VL == 0 and (pix & -pix) < _DIRECT_CONFLICT_BYTES
-                and (mis == 0 or g.lsh > 0))
-    if g.lsh > 0 and (g.OW <= g.P or g.ngroup > 1):
-        # a shifted run starts at the second tile of a row at the earliest (none here), and
-        # its first vector writes the last channels of the pixel before: another job's where
-        # jobs split the channel blocks
-        g.direct = False
-    if not g.direct:
-        g.lsh = 0
+    g.direct = _DIRECT_READS and _direct_ok(g.C, x.itemsize)
+    g.lsh = 0
+    if g.direct and mis:
+        g.direct = mis % x.itemsize == 0 and _shift_ok(g.C, x.itemsize, g.M, g.sw, g.OW, g.group)
+        g.lsh = mis // x.itemsize if g.direct else 0
     g.tile1 = fc_dw_select(_isa, x.itemsize, 1, g.sw, g.KW, g.dw)
     g.tile2 = fc_dw_select(_isa, x.itemsize, 2, g.sw, g.KW, g.dw)
     g.pack = fc_dw_packer(_isa, x.itemsize)
