@@ -17,7 +17,8 @@ returned to the system when freed) and the trim threshold to
 the process for the next allocations).  These are glibc's own tunables, and
 ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728`` in the
 environment has the same effect.  Nothing is changed when the user set one of
-glibc's malloc variables, or ``FASTCONV_MALLOC_TUNING=0``, or off glibc.
+glibc's malloc variables, or ``FASTCONV_MALLOC_TUNING=0``, off glibc, or with
+jemalloc, tcmalloc or mimalloc preloaded.
 """
 
 import ctypes
@@ -35,13 +36,16 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 _USER_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+# allocators preloaded in glibc's place, whose own settings are theirs to make
+_OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
 
 def configure():
     """Apply the two thresholds (see the module docstring) unless the user configured
     malloc or opted out; returns whether they were applied."""
     if not sys.platform.startswith("linux") or os.environ.get("FASTCONV_MALLOC_TUNING", "1") == "0" \
-            or any(v in os.environ for v in _USER_VARIABLES) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+            or any(v in os.environ for v in _USER_VARIABLES) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") \
+            or any(a in os.environ.get("LD_PRELOAD", "") for a in _OTHER_ALLOCATORS):
         return False
     try:
         libc = ctypes.CDLL(None)

@@ -283,8 +283,6 @@ def test_depthwise_misaligned_reads_for_any_threads_and_split(kernels, dtype):
     from fastconv.backends import _cython_direct
     itemsize = np.dtype(dtype).itemsize
     vl = kernels.block_channels(itemsize)
-    if vl == 1:
-        pytest.skip("one lane per vector")
     c = 3 * vl
     x = _at_offset(_rand(1, 17, 5 * kernels.tile_pixels() + 1, c).astype(dtype), itemsize)[:, None]
     w = _rand(1, 3, 3, c, 1, seed=1).astype(dtype)
@@ -296,6 +294,37 @@ def test_depthwise_misaligned_reads_for_any_threads_and_split(kernels, dtype):
         kernels.depthwise(x, w.reshape(9, 1, c), bias, y, (1, 1, 1), (1, 1, 1), (0, 1, 1), (1, 3, 3),
                           kernels.ACTIVATIONS["relu"], band, seg, group, threads)
         np.testing.assert_array_equal(y, expected)
+
+
+def test_depthwise_output_starts_as_far_into_a_vector_as_x(kernels, dtype):
+    # where the tiles may read a misaligned x shifted, y is placed so their stores are aligned
+    from fastconv.backends._cython import direct
+    itemsize = np.dtype(dtype).itemsize
+    c = 2 * kernels.block_channels(itemsize)
+    w = _rand(3, 3, c, 1, seed=1).astype(dtype)
+    for lanes in (0, 1):
+        # rows enough for every job to have all channel blocks at any thread count
+        x = _at_offset(_rand(1, 40, 4 * kernels.tile_pixels(), c).astype(dtype), lanes * itemsize)
+        y = fastconv.depthwise_conv2d(x, w, padding="same", backend="cython")
+        assert direct.vector_offset(y) == direct.vector_offset(x)
+
+
+def test_depthwise_shifted_reads_need_unpadded_weights(kernels, dtype):
+    # weights padded past C (a direct caller's choice) are read packed, with the same values
+    itemsize = np.dtype(dtype).itemsize
+    vl = kernels.block_channels(itemsize)
+    c = vl
+    x = _at_offset(_rand(1, 7, 4 * kernels.tile_pixels(), c).astype(dtype), itemsize)[:, None]
+    w = _rand(9, c, seed=1).astype(dtype)
+    wt = np.zeros((9, 1, 2 * vl), dtype)
+    wt[:, 0, :c] = w
+    bias = np.zeros((1, 2 * vl), dtype)
+    bias[0, :c] = _rand(c, seed=2)
+    y = np.empty((1, 1, 7, x.shape[3], c), dtype)
+    kernels.depthwise(x, wt, bias, y, (1, 1, 1), (1, 1, 1), (0, 1, 1), (1, 3, 3), 0, 7, 1000, 100, 1)
+    expected = fastconv.depthwise_conv2d(x[:, 0], w.reshape(3, 3, c, 1), bias[0, :c], padding="same",
+                                         backend="reference")
+    assert_close(y[:, 0], expected)
 
 
 def test_isa_levels_are_checked(kernels):

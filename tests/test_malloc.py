@@ -38,9 +38,18 @@ def test_freed_arrays_memory_is_reused():
     assert faults < 500, faults
 
 
+def _thp_always():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[always]" in f.read()
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize("env", [dict(FASTCONV_MALLOC_TUNING="0"), dict(MALLOC_TRIM_THRESHOLD_="131072"),
                                  dict(GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072")])
 def test_left_alone_when_asked_or_configured(env):
     applied, faults = _run(**env)
     assert not applied
-    assert faults > 5000, faults  # glibc's own behaviour: the pages are zero-filled again
+    if not _thp_always():  # with huge pages for every heap, a few faults map all of it
+        assert faults > 5000, faults  # glibc's own behaviour: the pages are zero-filled again

@@ -48,8 +48,8 @@ def describe(op, *args):
         rows = (f"{kw}-wide stride-{sw} kernel rows loading each input vector once for all its taps"
                 if dw == 1 and sw in (1, 2) and kw in (3, 5) else "a generic loop over taps")
         return (f"Cython depthwise_conv: register tiles of 2 output rows x {_direct.tile_pixels()} pixels x "
-                f"{vl} channels ({isa} vectors) over zero-padded packed input rows (x itself inside the image "
-                f"when it is aligned), {rows}; "
+                f"{vl} channels ({isa} vectors) over zero-padded packed input rows (x itself inside the image, "
+                f"at aligned addresses: shifted where x is not aligned), {rows}; "
                 "bias and piecewise-linear activations fused")
     if op in ("max_pool", "avg_pool"):
         pool, strides, out_shape = args[1], args[2], args[4]

@@ -235,8 +235,8 @@ cdef extern from *:
     }                                                                                                   \\
     /* The lanes that a run of shifted direct tiles (see _dw_job) leaves out at its end: the vector     \\
        at col of each of the R output rows, with the taps added in the tiles' order, and its first     \\
-       nl lanes (the last channels of the run's last pixel) stored at out0 / out1.  Its other lanes     \\
-       may read past the input row, never past the aligned vector that holds its first lane. */         \\
+       nl lanes (the last channels of the run's last pixel) stored at out0 / out1.  Only those lanes    \\
+       are loaded (the others lie past the input row, maybe past x). */                                 \\
     static TGT void fc_dw_edge_##SUF(const fc_dwrow* rows, ptrdiff_t nr, ptrdiff_t col, ptrdiff_t ps,   \\
             ptrdiff_t ws, ptrdiff_t wo, const void* bias_, int act, void* out0_, void* out1_,           \\
             ptrdiff_t nl, int R, ptrdiff_t kw, ptrdiff_t dw) {                                          \\
@@ -247,7 +247,8 @@ cdef extern from *:
             const T* w0 = rows[r].w0 ? (const T*)((uintptr_t)rows[r].w0 + wo) : 0;                      \\
             const T* w1 = R == 2 && rows[r].w1 ? (const T*)((uintptr_t)rows[r].w1 + wo) : 0;            \\
             for (ptrdiff_t k = 0; k < kw; k++) {                                                        \\
-                const fc_v_##SUF v = *(const fc_vu_##SUF*)(x + k * dw * ps);                            \\
+                fc_v_##SUF v = zero;                                                                    \\
+                for (ptrdiff_t l = 0; l < nl; l++) v[l] = x[k * dw * ps + l];                           \\
                 if (w0) a0 += v * *(const fc_vu_##SUF*)(w0 + k * ws);                                   \\
                 if (w1) a1 += v * *(const fc_vu_##SUF*)(w1 + k * ws);                                   \\
             }                                                                                           \\
@@ -525,7 +526,7 @@ cdef void _dw_job(const real* x, const real* wt, const real* bias, real* y, cons
     dend = min(tr * P, nown)
     # the packed pixels the border tiles read: [0, pl) and [pr, npk)
     cdef Py_ssize_t pl = min(npk, (tl - 1) * P * g.sw + reach + 1) if tl > 0 else 0
-    cdef Py_ssize_t pr = min(dend * g.sw, npk)
+    cdef Py_ssize_t pr = min(tr * P * g.sw, npk)
     cdef Py_ssize_t oha = bd * g.band, ohb = min(oha + g.band, g.OH)
     cdef Py_ssize_t rowlen = g.npk * VL, slotlen = g.group * g.npk * VL
     cdef Py_ssize_t oh, R, nr, kd, i_d, ih, ih0, span, s, k0, k1, t1, slot, m, ow, npx, src
@@ -636,7 +637,8 @@ cdef void _dw_job(const real* x, const real* wt, const real* bias, real* y, cons
                                  (<const real*>g.br if lsh else bias + m * Cp) + c0, g.act,
                                  yp - lsh, yp + g.OW * Cout - lsh, Cout, npx, g.sw, g.KW, g.dw)
                         else:
-                            # into tmp, then the real channels to every M-th channel of y
+                            # into tmp, then the real channels to every M-th channel of y (never
+                            # shifted: lsh > 0 only with M == 1 and whole blocks)
                             kern(rows, nr, direct, col, ps, M * Cp, 0, bias + m * Cp + c0, g.act,
                                  tmp, tmp + P * VL, VL, npx, g.sw, g.KW, g.dw)
                             for r in range(R):
@@ -747,8 +749,11 @@ def depthwise(const real[:, :, :, :, ::1] x, const real[:, :, ::1] wt, const rea
     cdef size_t mis = <size_t>&x[0, 0, 0, 0, 0] % (g.VL * x.itemsize)
     g.direct = _DIRECT_READS and _direct_ok(g.C, x.itemsize)
     g.lsh = 0
+    g.wo = 0
+    g.br = NULL
     if g.direct and mis:
-        g.direct = mis % x.itemsize == 0 and _shift_ok(g.C, x.itemsize, g.M, g.sw, g.OW, g.group)
+        g.direct = (mis % x.itemsize == 0 and g.Cp == g.C
+                    and _shift_ok(g.C, x.itemsize, g.M, g.sw, g.OW, g.group))
         g.lsh = mis // x.itemsize if g.direct else 0
     g.tile1 = fc_dw_select(_isa, x.itemsize, 1, g.sw, g.KW, g.dw)
     g.tile2 = fc_dw_select(_isa, x.itemsize, 2, g.sw, g.KW, g.dw)
