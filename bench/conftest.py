@@ -26,7 +26,8 @@ def pytest_collection_modifyitems(session, config, items):
     """Run each case's benchmarks one after the other: every fastconv backend and every peer of a
     case (or of a model at one batch size), then the next case.  Collected as written, all of
     fastconv's cases would run first and the peers minutes later, and this shared machine's slow
-    spells (minutes when everything runs up to twice as slow) would fall on one side of a ratio."""
+    spells (seconds to minutes in which everything runs up to twice as slow) would fall on one
+    side of a ratio."""
     def key(item):
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "case" in params:
